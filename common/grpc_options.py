@@ -1,0 +1,54 @@
+"""Every gRPC channel and server option fedtree uses, in one place, each with its reason."""
+
+from __future__ import annotations
+
+import json
+
+# Chunks are 1 MiB by default; a message never holds a whole model, so the default 4 MiB receive
+# limit stays as the guard against oversize messages. We allow a little headroom above it so a
+# user may configure chunks up to 4 MiB without touching this file.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# Workers train for minutes between calls; keepalive pings keep NATs and proxies from dropping
+# the idle connection, and let either side notice a dead peer within ~40 s.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+# Retry only UNAVAILABLE (coordinator restarting or not up yet), with backoff. Anything else is
+# an answer, not a transport failure, and retrying it would hide bugs or bad input.
+_RETRY_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": "fedtree.v1.Federation", "method": m} for m in ("Join", "GetTask", "Heartbeat")],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(_RETRY_SERVICE_CONFIG)),
+]
+
+SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Accept client pings as often as every 10 s even without active calls (long training).
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]

@@ -1,0 +1,159 @@
+"""The only module that converts between protobuf messages and fedtree's domain types."""
+
+from __future__ import annotations
+
+from common.chunking import BlobKey, ChunkData, Role
+from common.config import LoraConfig, RunConfig, TrainConfig
+from common.errors import InvalidArgument
+from common.schema import Schema, TensorSpec, UploadSpec
+from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
+from proto.fedtree.v1 import federation_pb2 as pb
+
+
+def _role(value: int) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise InvalidArgument(f"unknown role value {value}") from None
+
+
+def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
+    return pb.Chunk(
+        round=chunk.key.round,
+        layer=chunk.key.layer,
+        role=int(chunk.key.role),  # type: ignore[arg-type]
+        index=chunk.index,
+        total=chunk.total,
+        sha256=chunk.digest,
+        blob_size=chunk.blob_size,
+        data=chunk.data,
+    )
+
+
+def chunk_from_proto(msg: pb.Chunk) -> ChunkData:
+    key = BlobKey(msg.round, msg.layer, _role(msg.role))
+    return ChunkData(key, msg.index, msg.total, msg.sha256, msg.blob_size, msg.data)
+
+
+def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
+    return pb.RunSpec(
+        run_id=run_id,
+        strategy=run.strategy,
+        rounds=run.rounds,
+        seed=run.seed,
+        chunk_size=run.chunk_size,
+        lora=pb.LoraSpec(
+            rank=run.lora.rank, alpha=run.lora.alpha, dropout=run.lora.dropout, target_modules=list(run.lora.target_modules)
+        ),
+        train=pb.TrainSpec(
+            local_epochs=run.train.local_epochs,
+            local_steps=run.train.local_steps,
+            batch_size=run.train.batch_size,
+            learning_rate=run.train.learning_rate,
+            weight_decay=run.train.weight_decay,
+            max_seq_length=run.train.max_seq_length,
+            train_head=run.train.train_head,
+        ),
+    )
+
+
+def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
+    lora = LoraConfig(
+        rank=msg.lora.rank, alpha=msg.lora.alpha, dropout=msg.lora.dropout, target_modules=tuple(msg.lora.target_modules)
+    )
+    train = TrainConfig(
+        local_epochs=msg.train.local_epochs,
+        local_steps=msg.train.local_steps,
+        batch_size=msg.train.batch_size,
+        learning_rate=msg.train.learning_rate,
+        weight_decay=msg.train.weight_decay,
+        max_seq_length=msg.train.max_seq_length,
+        train_head=msg.train.train_head,
+    )
+    run = RunConfig(
+        strategy=msg.strategy, rounds=msg.rounds, seed=msg.seed, chunk_size=msg.chunk_size, lora=lora, train=train
+    )
+    return msg.run_id, run
+
+
+def schema_to_proto(schema: Schema) -> list[pb.LayerSchema]:
+    return [
+        pb.LayerSchema(
+            layer=layer,
+            tensors=[pb.TensorSpec(name=s.name, shape=list(s.shape), dtype=s.dtype) for s in specs.values()],
+        )
+        for layer, specs in sorted(schema.items())
+    ]
+
+
+def schema_from_proto(layers: list[pb.LayerSchema]) -> Schema:
+    schema: Schema = {}
+    for layer in layers:
+        if layer.layer in schema:
+            raise InvalidArgument(f"schema lists layer {layer.layer} twice")
+        schema[layer.layer] = {t.name: TensorSpec(t.name, tuple(int(d) for d in t.shape), t.dtype) for t in layer.tensors}
+    return schema
+
+
+def join_to_proto(req: JoinRequest) -> pb.JoinRequest:
+    return pb.JoinRequest(
+        worker_id=req.worker_id,
+        model_fingerprint=req.fingerprint,
+        num_train_examples=req.num_train_examples,
+        schema=schema_to_proto(req.schema),
+        version=req.version,
+    )
+
+
+def join_from_proto(msg: pb.JoinRequest) -> JoinRequest:
+    return JoinRequest(
+        worker_id=msg.worker_id,
+        fingerprint=msg.model_fingerprint,
+        num_train_examples=msg.num_train_examples,
+        schema=schema_from_proto(list(msg.schema)),
+        version=msg.version,
+    )
+
+
+def task_to_proto(task: Task) -> pb.GetTaskResponse:
+    msg = pb.GetTaskResponse(kind=int(task.kind), round=task.round, deadline_unix=task.deadline_unix)  # type: ignore[arg-type]
+    if task.upload is not None:
+        msg.upload.CopyFrom(pb.UploadSpec(layers=list(task.upload.layers), lora_a=task.upload.lora_a, lora_b=task.upload.lora_b))
+    return msg
+
+
+def task_from_proto(msg: pb.GetTaskResponse) -> Task:
+    try:
+        kind = TaskKind(msg.kind)
+    except ValueError:
+        raise InvalidArgument(f"unknown task kind {msg.kind}") from None
+    upload = None
+    if msg.HasField("upload"):
+        upload = UploadSpec(tuple(msg.upload.layers), msg.upload.lora_a, msg.upload.lora_b)
+    return Task(kind, msg.round, msg.deadline_unix, upload)
+
+
+def push_header_to_proto(header: PushHeader) -> pb.PushUpdateRequest:
+    return pb.PushUpdateRequest(
+        header=pb.PushHeader(
+            worker_id=header.worker_id,
+            round=header.round,
+            upload_id=header.upload_id,
+            num_examples=header.num_examples,
+            metrics=header.metrics,
+        )
+    )
+
+
+def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
+    return PushHeader(msg.worker_id, msg.round, msg.upload_id, msg.num_examples, dict(msg.metrics))
+
+
+def push_result_to_proto(result: PushResult) -> pb.PushUpdateResponse:
+    return pb.PushUpdateResponse(
+        accepted=result.accepted, round=result.round, layers_received=result.layers_received, duplicate=result.duplicate
+    )
+
+
+def push_result_from_proto(msg: pb.PushUpdateResponse) -> PushResult:
+    return PushResult(msg.accepted, msg.round, msg.layers_received, msg.duplicate)

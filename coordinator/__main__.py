@@ -1,0 +1,62 @@
+"""`python -m coordinator [--config FILE]`: run a coordinator until the run is done or a signal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from common.config import COORDINATOR_ENV_PREFIX, CoordinatorConfig, load_config
+from common.errors import ConfigError
+from common.logging_setup import configure_logging
+
+log = logging.getLogger("coordinator")
+
+EXIT_OK, EXIT_CONFIG, EXIT_SIGNAL = 0, 2, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedtree-coordinator", description=__doc__)
+    parser.add_argument("--config", type=Path, help="YAML config file (CoordinatorConfig)")
+    parser.add_argument("--port", type=int, help="override the gRPC port")
+    parser.add_argument("--state-dir", type=Path, help="override the state directory")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"port": args.port, "state_dir": args.state_dir}.items() if v is not None}
+    try:
+        config = load_config(CoordinatorConfig, args.config, COORDINATOR_ENV_PREFIX, overrides=overrides)
+    except ConfigError as exc:
+        print(f"fedtree-coordinator: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level, config.log_json, name="coordinator")
+
+    from coordinator.server import Coordinator  # heavy imports after the config is known good
+
+    try:
+        coordinator = Coordinator(config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    coordinator.start()
+    stop = threading.Event()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signalled.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.is_set():
+        if coordinator.engine.wait_done(timeout=0.5):
+            log.info("run complete; serving DONE for %.0f s before exit", config.linger_s)
+            stop.wait(config.linger_s)
+            break
+    coordinator.stop()
+    return EXIT_SIGNAL if signalled else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""The round engine: joins, tasks, round opening/closing, push commits and checkpoints.
+
+Pure logic over a StateStore and a Strategy, thread-safe behind one condition variable; the
+gRPC servicer only decodes, calls this and encodes. A round opens when `min_workers` have joined
+(participants = every worker joined and not lost at that moment), closes when `quorum` of them
+have pushed (default all) or its deadline passes, and is checkpointed before the next opens.
+After the last round, every participant gets one EVALUATE task, then DONE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common.config import CoordinatorConfig, RunConfig
+from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.schema import Schema, UploadSpec, select
+from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
+from coordinator.state import StateStore
+from coordinator.strategies import Download, Strategy, create_strategy
+from coordinator.strategies.base import LayerTensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerInfo:
+    worker_id: str
+    num_train_examples: int
+    last_seen: float
+    activity: str = "joined"
+    rounds_done: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RoundInfo:
+    round: int
+    started_at: float
+    deadline: float
+    participants: dict[str, int]  # worker -> example count
+    pushed: dict[str, str] = field(default_factory=dict)  # worker -> upload id
+    evaluating: bool = False  # the final evaluation pass after the last round
+
+
+class RoundEngine:
+    def __init__(self, config: CoordinatorConfig, store: StateStore, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.run: RunConfig = config.run
+        self.store = store
+        self.clock = clock
+        self._cond = threading.Condition()
+        self.workers: dict[str, WorkerInfo] = {}
+        self.current: RoundInfo | None = None
+        self.done = False
+        self.run_id: str = store.get("run_id") or uuid.uuid4().hex[:12]
+        self.fingerprint: str | None = store.get("fingerprint") or config.expected_fingerprint
+        self.schema: Schema | None = store.get_schema()
+        self.strategy: Strategy | None = None
+        self.last_closed = store.last_closed_round()
+        store.put(run_id=self.run_id, config=self.config.model_dump(mode="json"))
+        for worker_id, n in store.workers().items():
+            self.workers[worker_id] = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
+        if self.schema is not None:
+            self.strategy = create_strategy(self.run, self.schema)
+            if self.last_closed:
+                self.strategy.load_state(store.load_checkpoint(self.last_closed))
+                dropped = store.discard_pushes(self.last_closed + 1)
+                log.info(
+                    "[Engine] resumed run %s after round %d (%d unclosed pushes of round %d will be re-requested)",
+                    self.run_id, self.last_closed, dropped, self.last_closed + 1,
+                )
+        self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
+
+    # -- joins and liveness --------------------------------------------------------------------
+    def join(self, req: JoinRequest) -> tuple[str, RunConfig, int]:
+        if not req.worker_id:
+            raise InvalidArgument("worker_id must not be empty")
+        if not req.schema:
+            raise InvalidArgument("join carries no adapter schema")
+        with self._cond:
+            if self.fingerprint is not None and req.fingerprint != self.fingerprint:
+                raise FailedPrecondition(
+                    f"model fingerprint {req.fingerprint[:16]} of worker {req.worker_id} differs from the run's "
+                    f"{self.fingerprint[:16]}: same base model, LoRA config and seed are required"
+                )
+            if self.schema is not None and req.schema != self.schema:
+                raise FailedPrecondition(f"adapter schema of worker {req.worker_id} differs from the run's")
+            if self.fingerprint is None or self.schema is None:
+                self.fingerprint, self.schema = req.fingerprint, req.schema
+                self.store.put(fingerprint=req.fingerprint)
+                self.store.put_schema(req.schema)
+                self.strategy = create_strategy(self.run, req.schema)
+                log.info("[Engine] run %s fixed by %s: %d layers, fingerprint %s", self.run_id, req.worker_id, len(req.schema), req.fingerprint[:16])
+            self.store.upsert_worker(req.worker_id, req.num_train_examples)
+            info = self.workers.get(req.worker_id)
+            if info is None:
+                self.workers[req.worker_id] = WorkerInfo(req.worker_id, req.num_train_examples, self.clock())
+            else:
+                info.num_train_examples, info.last_seen, info.activity = req.num_train_examples, self.clock(), "joined"
+            log.info("[Engine.Join] worker=%s examples=%d (%d workers)", req.worker_id, req.num_train_examples, len(self.workers))
+            self._maybe_advance()
+            self._cond.notify_all()
+            return self.run_id, self.run, self.current.round if self.current else self.last_closed
+
+    def heartbeat(self, worker_id: str, activity: str) -> int:
+        with self._cond:
+            info = self._worker(worker_id)
+            info.activity = activity or info.activity
+            return self.current.round if self.current else self.last_closed
+
+    def _worker(self, worker_id: str) -> WorkerInfo:
+        info = self.workers.get(worker_id)
+        if info is None:
+            raise NotFound(f"unknown worker '{worker_id}': call Join first")
+        info.last_seen = self.clock()
+        return info
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def get_task(self, worker_id: str, wait_s: float) -> Task:
+        """Long-poll: return at once when there is work, else WAIT after up to `wait_s`."""
+        end = self.clock() + min(max(wait_s, 0.0), self.config.long_poll_s)
+        with self._cond:
+            while True:
+                self._worker(worker_id)
+                self._maybe_advance()
+                task = self._task_for(worker_id)
+                remaining = end - self.clock()
+                if task.kind != TaskKind.WAIT or remaining <= 0:
+                    return task
+                self._cond.wait(timeout=min(remaining, 1.0))
+
+    def _task_for(self, worker_id: str) -> Task:
+        if self.done:
+            return Task(TaskKind.DONE)
+        cur = self.current
+        if cur is None or worker_id not in cur.participants or worker_id in cur.pushed:
+            return Task(TaskKind.WAIT, cur.round if cur else self.last_closed)
+        if cur.evaluating:
+            return Task(TaskKind.EVALUATE, cur.round, cur.deadline)
+        assert self.strategy is not None
+        return Task(TaskKind.TRAIN, cur.round, cur.deadline, self.strategy.upload_spec(worker_id, cur.round))
+
+    def tick(self) -> None:
+        """Close rounds whose deadline passed; mark silent workers lost. Called periodically."""
+        with self._cond:
+            self._maybe_advance()
+
+    def _maybe_advance(self) -> None:
+        now = self.clock()
+        for info in self.workers.values():
+            if info.activity != "lost" and now - info.last_seen > self.config.worker_lost_after_s:
+                log.warning("[Engine] worker %s silent for %.0f s: lost", info.worker_id, now - info.last_seen)
+                info.activity = "lost"
+        cur = self.current
+        if cur is not None:
+            needed = len(cur.participants) if self.run.quorum is None else min(self.run.quorum, len(cur.participants))
+            if len(cur.pushed) >= needed or now >= cur.deadline:
+                if len(cur.pushed) < needed:
+                    log.warning("[Engine] round %d deadline: closing with %d/%d pushes", cur.round, len(cur.pushed), needed)
+                self._close(cur)
+                cur = self.current
+        if cur is None and not self.done:
+            self._open_next()
+
+    def _open_next(self) -> None:
+        if self.strategy is None:
+            return
+        live = {w: i.num_train_examples for w, i in self.workers.items() if i.activity != "lost"}
+        if len(live) < self.run.min_workers:
+            return
+        now = self.clock()
+        nxt = self.last_closed + 1
+        evaluating = nxt > self.run.rounds
+        self.current = RoundInfo(nxt if not evaluating else self.run.rounds, now, now + self.run.round_deadline_s, live, evaluating=evaluating)
+        if not evaluating:
+            self.strategy.begin_round(nxt, live)
+        log.info("[Engine] %s %d opened with %d participants", "evaluation of round" if evaluating else "round", self.current.round, len(live))
+        self._cond.notify_all()
+
+    def _close(self, cur: RoundInfo) -> None:
+        assert self.strategy is not None
+        self.current = None
+        if cur.evaluating:
+            self.done = True
+            self.store.put(evaluated=True)
+            log.info("[Engine] final evaluation done: run %s complete", self.run_id)
+        else:
+            self.strategy.close_round(cur.round)
+            path = self.store.close_round(cur.round, cur.started_at, sorted(cur.pushed), self.strategy.state(), {})
+            self.last_closed = cur.round
+            log.info("[Engine] round %d closed: %d/%d pushes, checkpoint %s", cur.round, len(cur.pushed), len(cur.participants), path.name)
+        self._cond.notify_all()
+
+    # -- transfers -----------------------------------------------------------------------------
+    def downloads(self, worker_id: str, round: int) -> list[Download]:
+        with self._cond:
+            self._worker(worker_id)
+            self._check_round(worker_id, round)
+            assert self.strategy is not None
+            return self.strategy.downloads(worker_id, round)
+
+    def expected_upload(self, header: PushHeader) -> Schema:
+        """Validate a push header; return the tensors the push must carry, per layer."""
+        with self._cond:
+            self._worker(header.worker_id)
+            self._check_round(header.worker_id, header.round)
+            assert self.strategy is not None and self.schema is not None and self.current is not None
+            if self.current.evaluating:
+                raise FailedPrecondition(f"round {header.round} is in its evaluation pass: report metrics, do not push")
+            if header.num_examples <= 0 and not self.strategy.upload_spec(header.worker_id, header.round).empty:
+                raise InvalidArgument("num_examples must be positive")
+            spec: UploadSpec = self.strategy.upload_spec(header.worker_id, header.round)
+            return select(self.schema, spec) if not spec.empty else {}
+
+    def commit_push(self, header: PushHeader, update: LayerTensors, nbytes: int) -> PushResult:
+        """Fold a fully received and validated push into the round; idempotent per upload id."""
+        with self._cond:
+            info = self._worker(header.worker_id)
+            cur = self.current
+            if cur is not None and cur.round == header.round and cur.pushed.get(header.worker_id) == header.upload_id:
+                return PushResult(True, header.round, len(update), duplicate=True)
+            self._check_round(header.worker_id, header.round)
+            assert self.strategy is not None and cur is not None
+            if header.worker_id in cur.pushed:
+                raise FailedPrecondition(f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})")
+            self.strategy.accumulate(header.worker_id, header.round, update, float(max(header.num_examples, 1)))
+            self.store.record_push(header.round, header.worker_id, header.upload_id, header.num_examples, header.metrics, nbytes)
+            cur.pushed[header.worker_id] = header.upload_id
+            info.rounds_done += 1
+            info.bytes_received += nbytes
+            info.last_metrics = dict(header.metrics)
+            info.activity = "idle"
+            log.info("[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d)", header.round, header.worker_id, len(update), nbytes, len(cur.pushed), len(cur.participants))
+            self._maybe_advance()
+            self._cond.notify_all()
+            return PushResult(True, header.round, len(update))
+
+    def report_metrics(self, worker_id: str, round: int, metrics: dict[str, float]) -> None:
+        """Metrics of the model a worker uses after `round`'s aggregation (the papers' protocol)."""
+        with self._cond:
+            info = self._worker(worker_id)
+            if round < 1 or round > self.last_closed:
+                raise FailedPrecondition(f"round {round} has no aggregate to evaluate (last closed: {self.last_closed})")
+            self.store.record_evaluation(round, worker_id, metrics)
+            info.last_metrics.update(metrics)
+            cur = self.current
+            if cur is not None and cur.evaluating and worker_id in cur.participants:
+                cur.pushed[worker_id] = "evaluation"
+                self._maybe_advance()
+            self._cond.notify_all()
+
+    def add_bytes_sent(self, worker_id: str, nbytes: int) -> None:
+        with self._cond:
+            if worker_id in self.workers:
+                self.workers[worker_id].bytes_sent += nbytes
+
+    def _check_round(self, worker_id: str, round: int) -> None:
+        cur = self.current
+        if cur is None or cur.round != round:
+            raise FailedPrecondition(
+                f"round {round} is not open (current: {cur.round if cur else 'none'}, last closed: {self.last_closed})"
+            )
+        if worker_id not in cur.participants:
+            raise FailedPrecondition(f"worker {worker_id} is not a participant of round {round}")
+
+    def wait_done(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.done, timeout=timeout)

@@ -1,0 +1,107 @@
+"""Thin gRPC servicer of fedtree.v1.Federation: decode, call the engine, encode, map errors."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from common import serde
+from common.errors import FedtreeError, InvalidArgument, status_code
+from coordinator.engine import RoundEngine
+from coordinator.transfer import BlobCache, UpdateReceiver, download_chunks
+from proto.fedtree.v1 import federation_pb2 as pb
+from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, FedtreeError):
+        log.warning("[Coordinator.%s] rejected: %s: %s", method, status_code(exc).name, exc)
+        context.abort(status_code(exc), str(exc))
+    log.exception("[Coordinator.%s] internal error", method)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def rpc(method: F) -> F:
+    """Map domain errors to status codes through common.errors (unary and streaming methods)."""
+    name = method.__name__
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - boundary: everything becomes a status
+                _abort(context, name, exc)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - boundary
+            _abort(context, name, exc)
+
+    return unary  # type: ignore[return-value]
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(self, engine: RoundEngine, max_blob_bytes: int) -> None:
+        self.engine = engine
+        self.max_blob_bytes = max_blob_bytes
+        self.cache = BlobCache()
+
+    @rpc
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        return pb.GetRunResponse(run=serde.run_to_proto(self.engine.run_id, self.engine.run))
+
+    @rpc
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
+        run_id, run, current = self.engine.join(serde.join_from_proto(request))
+        return pb.JoinResponse(run=serde.run_to_proto(run_id, run), current_round=current)
+
+    @rpc
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.GetTaskResponse:
+        remaining = context.time_remaining()  # answer before the caller's deadline expires
+        wait = request.wait_seconds if remaining is None else min(request.wait_seconds, remaining - 0.5)
+        return serde.task_to_proto(self.engine.get_task(request.worker_id, wait))
+
+    @rpc
+    def PullAdapters(self, request: pb.PullAdaptersRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        items = self.engine.downloads(request.worker_id, request.round)
+        sent = 0
+        for chunk in download_chunks(self.cache, request.round, items, self.engine.run.chunk_size):
+            sent += len(chunk.data)
+            yield serde.chunk_to_proto(chunk)
+        self.engine.add_bytes_sent(request.worker_id, sent)
+
+    @rpc
+    def PushUpdate(self, request_iterator: Iterator[pb.PushUpdateRequest], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise InvalidArgument("a push must start with a header message")
+        header = serde.push_header_from_proto(first.header)
+        receiver = UpdateReceiver(header, self.engine.expected_upload(header), self.max_blob_bytes)
+        for msg in request_iterator:
+            if msg.WhichOneof("payload") != "chunk":
+                raise InvalidArgument("only chunks may follow the push header")
+            receiver.feed(serde.chunk_from_proto(msg.chunk))
+        update = receiver.finish()
+        return serde.push_result_to_proto(self.engine.commit_push(header, update, receiver.nbytes))
+
+    @rpc
+    def ReportMetrics(self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext) -> pb.ReportMetricsResponse:
+        self.engine.report_metrics(request.worker_id, request.round, dict(request.metrics))
+        return pb.ReportMetricsResponse()
+
+    @rpc
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
+        return pb.HeartbeatResponse(current_round=self.engine.heartbeat(request.worker_id, request.activity))

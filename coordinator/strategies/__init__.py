@@ -1,0 +1,26 @@
+"""Aggregation strategies: one module each, registered by name here."""
+
+from __future__ import annotations
+
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.schema import Schema
+from coordinator.strategies.base import Download, Strategy
+from coordinator.strategies.fedit import FedIT
+from coordinator.strategies.local import Local
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    FedIT.name: FedIT,
+    Local.name: Local,
+}
+
+
+def create_strategy(run: RunConfig, schema: Schema) -> Strategy:
+    try:
+        cls = STRATEGIES[run.strategy]
+    except KeyError:
+        raise ConfigError(f"unknown strategy '{run.strategy}'; choose one of {sorted(STRATEGIES)}") from None
+    return cls(run, schema)
+
+
+__all__ = ["STRATEGIES", "Download", "Strategy", "create_strategy"]

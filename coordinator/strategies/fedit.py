@@ -1,0 +1,44 @@
+"""FedIT: FedAvg on LoRA.
+
+Trains A and B locally; uploads A and B of every layer; every worker uses the example-weighted
+mean A and mean B of all workers (its classifier head stays local).
+"""
+
+from __future__ import annotations
+
+from common.chunking import Role
+from common.schema import UploadSpec
+from coordinator.aggregation import WeightedSum
+from coordinator.strategies.base import Download, LayerTensors, Strategy, flatten, unflatten
+
+import torch
+
+
+class FedIT(Strategy):
+    name = "fedit"
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.global_adapter: LayerTensors = {}
+        self._pending = WeightedSum()
+
+    def upload_spec(self, worker_id: str, round: int) -> UploadSpec:
+        return UploadSpec(self.all_layers(), lora_a=True, lora_b=True)
+
+    def downloads(self, worker_id: str, round: int) -> list[Download]:
+        return [Download(layer, Role.CLUSTER, "global", t) for layer, t in sorted(self.global_adapter.items())]
+
+    def accumulate(self, worker_id: str, round: int, update: LayerTensors, weight: float) -> None:
+        for layer, tensors in update.items():
+            self._pending.add(layer, tensors, weight)
+
+    def close_round(self, round: int) -> None:
+        if self._pending.sums:  # a round nobody pushed to keeps the previous global adapter
+            self.global_adapter = self._pending.means()
+        self._pending = WeightedSum()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return flatten(self.global_adapter, "global")
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.global_adapter = unflatten(tensors, "global")

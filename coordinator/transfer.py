@@ -1,0 +1,89 @@
+"""Coordinator side of the wire format: encode downloads once, receive and validate uploads."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from common import codec
+from common.chunking import Assembler, BlobKey, ChunkData, Role, split
+from common.errors import InvalidArgument
+from common.schema import Schema, validate_layer
+from common.types import PushHeader
+from coordinator.strategies import Download
+from coordinator.strategies.base import LayerTensors
+
+
+class BlobCache:
+    """Encoded download blobs keyed by (round, layer, role, share key).
+
+    FedIT sends the same global adapter to every worker: it is encoded and hashed once per
+    round, not once per worker.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._lock = threading.Lock()
+        self._blobs: OrderedDict[tuple[int, int, int, str], bytes] = OrderedDict()
+
+    def blob(self, round: int, item: Download) -> bytes:
+        key = (round, item.layer, int(item.role), item.share_key)
+        with self._lock:
+            cached = self._blobs.get(key)
+            if cached is not None:
+                self._blobs.move_to_end(key)
+                return cached
+        blob = codec.encode(item.tensors, {"round": str(round), "layer": str(item.layer), "role": item.role.name.lower()})
+        with self._lock:
+            self._blobs[key] = blob
+            while len(self._blobs) > self._max:
+                self._blobs.popitem(last=False)
+        return blob
+
+
+def download_chunks(cache: BlobCache, round: int, items: list[Download], chunk_size: int) -> Iterator[ChunkData]:
+    for item in items:
+        yield from split(cache.blob(round, item), BlobKey(round, item.layer, item.role), chunk_size)
+
+
+class UpdateReceiver:
+    """Reassembles and validates one push, layer by layer, as its chunks arrive.
+
+    Nothing is folded into an aggregate here: the engine commits the whole update only after
+    every expected layer has arrived intact, so a bad push leaves the round's sums unchanged.
+    """
+
+    def __init__(self, header: PushHeader, expected: Schema, max_blob_bytes: int) -> None:
+        self.header = header
+        self.expected = expected
+        self.update: LayerTensors = {}
+        self.nbytes = 0
+        self._assembler = Assembler(max_blob_bytes)
+
+    def feed(self, chunk: ChunkData) -> None:
+        done = self._assembler.feed(chunk)
+        self.nbytes += len(chunk.data)
+        if done is not None:
+            self._accept(*done)
+
+    def _accept(self, key: BlobKey, blob: bytes) -> None:
+        where = f"push of worker {self.header.worker_id} round {self.header.round} layer {key.layer}"
+        if key.round != self.header.round:
+            raise InvalidArgument(f"{where}: blob is tagged for round {key.round}")
+        if key.role != Role.UPDATE:
+            raise InvalidArgument(f"{where}: blob role is {key.role.name.lower()}, expected update")
+        if key.layer not in self.expected:
+            raise InvalidArgument(f"{where}: layer {key.layer} is not expected in this push (expected {sorted(self.expected)})")
+        if key.layer in self.update:
+            raise InvalidArgument(f"{where}: layer sent twice")
+        tensors, _ = codec.decode(blob)
+        validate_layer(tensors, self.expected[key.layer], where)
+        self.update[key.layer] = tensors
+
+    def finish(self) -> LayerTensors:
+        self._assembler.finish()
+        missing = sorted(set(self.expected) - set(self.update))
+        if missing:
+            raise InvalidArgument(f"push of worker {self.header.worker_id} round {self.header.round} is missing layers {missing}")
+        return self.update

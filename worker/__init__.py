@@ -1,0 +1,1 @@
+"""The fedtree worker: local data, a LoRA model, local training and the coordinator client."""

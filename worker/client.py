@@ -1,0 +1,109 @@
+"""The worker's gRPC client: retries with backoff + jitter, chunked pulls and pushes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+import torch
+
+from common import codec, serde
+from common.chunking import BlobKey, Role, assemble_all, split
+from common.config import RunConfig
+from common.errors import Unavailable, from_rpc_error
+from common.grpc_options import CHANNEL_OPTIONS
+from common.types import JoinRequest, PushHeader, PushResult, Task
+from proto.fedtree.v1 import federation_pb2 as pb
+from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Transport failures worth retrying: the coordinator is not up yet, restarting, or unreachable.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+PULL_MAX_BLOB_BYTES = 1 << 30
+
+Tensors = dict[str, torch.Tensor]
+Pulled = dict[int, dict[Role, Tensors]]
+
+
+class FederationClient:
+    def __init__(self, target: str, worker_id: str, retry_for_s: float = 600.0, rpc_timeout_s: float = 300.0) -> None:
+        self.target = target
+        self.worker_id = worker_id
+        self.retry_for_s = retry_for_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.FederationStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run fn, retrying transport failures with exponential backoff and full jitter."""
+        give_up = time.monotonic() + self.retry_for_s
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code not in RETRYABLE:
+                    raise from_rpc_error(exc) from None
+                if time.monotonic() + delay > give_up:
+                    raise Unavailable(f"coordinator {self.target} unreachable for {self.retry_for_s:.0f} s during {what}: {exc.details()}") from None
+                sleep = random.uniform(0, delay)
+                log.warning("[Worker.%s] %s: %s; retrying in %.1f s", what, code.name if code else "?", exc.details(), sleep)
+                time.sleep(sleep)
+                delay = min(delay * 2, 30.0)
+
+    def get_run(self) -> tuple[str, RunConfig]:
+        resp = self._call("GetRun", lambda: self.stub.GetRun(pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True))
+        return serde.run_from_proto(resp.run)
+
+    def join(self, req: JoinRequest) -> int:
+        resp = self._call("Join", lambda: self.stub.Join(serde.join_to_proto(req), timeout=30, wait_for_ready=True))
+        return resp.current_round
+
+    def get_task(self, wait_s: float = 10.0) -> Task:
+        req = pb.GetTaskRequest(worker_id=self.worker_id, wait_seconds=wait_s)
+        return serde.task_from_proto(self._call("GetTask", lambda: self.stub.GetTask(req, timeout=wait_s + 10, wait_for_ready=True)))
+
+    def pull(self, round: int) -> Pulled:
+        """Stream this round's adapters; returns layer -> role -> tensors."""
+
+        def fetch() -> Pulled:
+            stream = self.stub.PullAdapters(pb.PullAdaptersRequest(worker_id=self.worker_id, round=round), timeout=self.rpc_timeout_s)
+            out: Pulled = {}
+            chunks = (serde.chunk_from_proto(c) for c in stream)
+            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):
+                tensors, _ = codec.decode(blob)
+                out.setdefault(key.layer, {})[key.role] = tensors
+            return out
+
+        return self._call("PullAdapters", fetch)
+
+    def push(self, header: PushHeader, update: dict[int, Tensors], chunk_size: int) -> PushResult:
+        """Stream an update, layer by layer; retried as a whole with the same upload id."""
+
+        def requests() -> Iterator[pb.PushUpdateRequest]:
+            yield serde.push_header_to_proto(header)
+            for layer, tensors in sorted(update.items()):
+                blob = codec.encode(tensors, {"round": str(header.round), "layer": str(layer), "role": "update"})
+                for chunk in split(blob, BlobKey(header.round, layer, Role.UPDATE), chunk_size):
+                    yield pb.PushUpdateRequest(chunk=serde.chunk_to_proto(chunk))
+
+        resp = self._call("PushUpdate", lambda: self.stub.PushUpdate(requests(), timeout=self.rpc_timeout_s))
+        return serde.push_result_from_proto(resp)
+
+    def report_metrics(self, round: int, metrics: dict[str, float]) -> None:
+        req = pb.ReportMetricsRequest(worker_id=self.worker_id, round=round, metrics=metrics)
+        self._call("ReportMetrics", lambda: self.stub.ReportMetrics(req, timeout=30, wait_for_ready=True))
+
+    def heartbeat(self, activity: str) -> int:
+        req = pb.HeartbeatRequest(worker_id=self.worker_id, activity=activity)
+        return self.stub.Heartbeat(req, timeout=10).current_round

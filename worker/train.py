@@ -1,0 +1,83 @@
+"""Local training and evaluation of a worker's classifier (LoRA + optionally its head)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from common.config import TrainConfig
+from worker.data import Example
+from worker.model import LoraModel
+
+log = logging.getLogger(__name__)
+
+
+def _batches(examples: Sequence[Example], order: Sequence[int], batch_size: int) -> Iterator[list[Example]]:
+    for start in range(0, len(order), batch_size):
+        yield [examples[i] for i in order[start : start + batch_size]]
+
+
+def _encode(lm: LoraModel, batch: list[Example], label_ids: dict[str, int], max_len: int) -> dict[str, torch.Tensor]:
+    enc = lm.tokenizer([e.text for e in batch], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    enc["labels"] = torch.tensor([label_ids[e.label] for e in batch], dtype=torch.long)
+    return dict(enc)
+
+
+def trainable_parameters(lm: LoraModel) -> list[torch.nn.Parameter]:
+    return [p for p in lm.model.parameters() if p.requires_grad]
+
+
+def train_local(
+    lm: LoraModel,
+    examples: Sequence[Example],
+    label_ids: dict[str, int],
+    cfg: TrainConfig,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train for `cfg.local_steps` steps, or `cfg.local_epochs` epochs; return mean loss and steps."""
+    if not examples:
+        raise ValueError("no training examples")
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(trainable_parameters(lm), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lm.model.train()
+    losses: list[float] = []
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    while len(losses) < total:
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for batch in _batches(examples, order, cfg.batch_size):
+            out = lm.model(**_encode(lm, batch, label_ids, cfg.max_seq_length))
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(out.loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if len(losses) >= total:
+                break
+    bar.close()
+    return {"train_loss": sum(losses) / max(len(losses), 1), "train_steps": float(len(losses))}
+
+
+@torch.no_grad()
+def evaluate(
+    lm: LoraModel, examples: Sequence[Example], label_ids: dict[str, int], cfg: TrainConfig, batch_size: int = 64
+) -> dict[str, float]:
+    """Accuracy and mean loss on a validation split."""
+    if not examples:
+        return {}
+    lm.model.eval()
+    correct, loss_sum = 0, 0.0
+    for batch in _batches(examples, range(len(examples)), batch_size):
+        enc = _encode(lm, batch, label_ids, cfg.max_seq_length)
+        out = lm.model(**enc)
+        correct += int((out.logits.argmax(-1) == enc["labels"]).sum())
+        loss_sum += float(out.loss) * len(batch)
+    return {"accuracy": correct / len(examples), "loss": loss_sum / len(examples)}
