@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML config file (CoordinatorConfig)")
     parser.add_argument("--port", type=int, help="override the gRPC port")
     parser.add_argument("--state-dir", type=Path, help="override the state directory")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once serving (for port 0)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in {"port": args.port, "state_dir": args.state_dir}.items() if v is not None}
     try:
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    coordinator.start()
+    port = coordinator.start()
+    if args.port_file:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(args.port_file)
     stop = threading.Event()
     signalled: list[int] = []
 
