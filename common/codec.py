@@ -39,7 +39,7 @@ def read_header(blob: bytes | memoryview) -> dict[str, object]:
         raise InvalidArgument(f"safetensors header length {length} does not fit a {len(blob)}-byte blob")
     try:
         header = json.loads(bytes(blob[_HEADER_LEN.size : _HEADER_LEN.size + length]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidArgument(f"safetensors header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise InvalidArgument("safetensors header is not a JSON object")

@@ -117,8 +117,26 @@ def _env_overrides(environ: Mapping[str, str], prefix: str) -> dict[str, Any]:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {key} nests under a key that another variable sets to a value")
+        if isinstance(node.get(path[-1]), dict):
+            raise ConfigError(f"environment variable {key} sets a section that other variables fill key by key")
+        node[path[-1]] = _env_value(raw)
     return tree
+
+
+def _env_value(raw: str) -> Any:
+    """Lists and mappings are YAML (`[query, value]`); everything else stays a string that
+    pydantic converts to the field's type, so `FEDTREE_WORKER__WORKER_ID=42` stays "42"."""
+    stripped = raw.strip()
+    if stripped == "":
+        return None
+    if stripped[0] in "[{":
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse environment value {raw!r}: {exc}") from exc
+    return raw
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

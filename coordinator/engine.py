@@ -71,11 +71,12 @@ class RoundEngine:
             self.strategy = create_strategy(self.run, self.schema)
             if self.last_closed:
                 self.strategy.load_state(store.load_checkpoint(self.last_closed))
-                dropped = store.discard_pushes(self.last_closed + 1)
-                log.info(
-                    "[Engine] resumed run %s after round %d (%d unclosed pushes of round %d will be re-requested)",
-                    self.run_id, self.last_closed, dropped, self.last_closed + 1,
-                )
+            # Sums of an unclosed round died with the previous process: its pushes are re-requested.
+            dropped = store.discard_pushes(self.last_closed + 1)
+            log.info(
+                "[Engine] resumed run %s after round %d (%d unclosed pushes of round %d will be re-requested)",
+                self.run_id, self.last_closed, dropped, self.last_closed + 1,
+            )
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
 
     # -- joins and liveness --------------------------------------------------------------------
@@ -199,12 +200,14 @@ class RoundEngine:
         self._cond.notify_all()
 
     # -- transfers -----------------------------------------------------------------------------
-    def downloads(self, worker_id: str, round: int) -> list[Download]:
+    def downloads(self, worker_id: str, round: int) -> tuple[int, list[Download]]:
+        """(version, blobs): the strategy's tensors change only when a round closes, so the
+        last closed round versions them (the servicer caches encoded blobs by it)."""
         with self._cond:
             self._worker(worker_id)
             self._check_round(worker_id, round)
             assert self.strategy is not None
-            return self.strategy.downloads(worker_id, round)
+            return self.last_closed, self.strategy.downloads(worker_id, round)
 
     def expected_upload(self, header: PushHeader) -> Schema:
         """Validate a push header; return the tensors the push must carry, per layer."""
@@ -230,8 +233,9 @@ class RoundEngine:
             assert self.strategy is not None and cur is not None
             if header.worker_id in cur.pushed:
                 raise FailedPrecondition(f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})")
-            self.strategy.accumulate(header.worker_id, header.round, update, float(max(header.num_examples, 1)))
+            # Record first: if the write fails, nothing has entered the sums.
             self.store.record_push(header.round, header.worker_id, header.upload_id, header.num_examples, header.metrics, nbytes)
+            self.strategy.accumulate(header.worker_id, header.round, update, float(max(header.num_examples, 1)))
             cur.pushed[header.worker_id] = header.upload_id
             info.rounds_done += 1
             info.bytes_received += nbytes

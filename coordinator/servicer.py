@@ -76,9 +76,9 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     @rpc
     def PullAdapters(self, request: pb.PullAdaptersRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
-        items = self.engine.downloads(request.worker_id, request.round)
+        version, items = self.engine.downloads(request.worker_id, request.round)
         sent = 0
-        for chunk in download_chunks(self.cache, request.round, items, self.engine.run.chunk_size):
+        for chunk in download_chunks(self.cache, version, request.round, items, self.engine.run.chunk_size):
             sent += len(chunk.data)
             yield serde.chunk_to_proto(chunk)
         self.engine.add_bytes_sent(request.worker_id, sent)

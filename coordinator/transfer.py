@@ -16,7 +16,7 @@ from coordinator.strategies.base import LayerTensors
 
 
 class BlobCache:
-    """Encoded download blobs keyed by (round, layer, role, share key).
+    """Encoded download blobs keyed by (version, round, layer, role, share key).
 
     FedIT sends the same global adapter to every worker: it is encoded and hashed once per
     round, not once per worker.
@@ -25,10 +25,10 @@ class BlobCache:
     def __init__(self, max_entries: int = 4096) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
-        self._blobs: OrderedDict[tuple[int, int, int, str], bytes] = OrderedDict()
+        self._blobs: OrderedDict[tuple[int, int, int, int, str], bytes] = OrderedDict()
 
-    def blob(self, round: int, item: Download) -> bytes:
-        key = (round, item.layer, int(item.role), item.share_key)
+    def blob(self, version: int, round: int, item: Download) -> bytes:
+        key = (version, round, item.layer, int(item.role), item.share_key)
         with self._lock:
             cached = self._blobs.get(key)
             if cached is not None:
@@ -42,9 +42,9 @@ class BlobCache:
         return blob
 
 
-def download_chunks(cache: BlobCache, round: int, items: list[Download], chunk_size: int) -> Iterator[ChunkData]:
+def download_chunks(cache: BlobCache, version: int, round: int, items: list[Download], chunk_size: int) -> Iterator[ChunkData]:
     for item in items:
-        yield from split(cache.blob(round, item), BlobKey(round, item.layer, item.role), chunk_size)
+        yield from split(cache.blob(version, round, item), BlobKey(round, item.layer, item.role), chunk_size)
 
 
 class UpdateReceiver:

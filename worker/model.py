@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from common.config import LoraConfig
 from common.errors import ConfigError
+from common.schema import is_lora_a
 
 Tensors = dict[str, torch.Tensor]
 LayerTensors = dict[int, Tensors]
@@ -91,12 +94,11 @@ def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, 
     if not (model_path / "config.json").exists():
         raise ConfigError(f"{model_path} is not a Hugging Face model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    torch.manual_seed(seed)  # head init: identical for every worker with the same label count
-    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+    # A checkpoint's own head may have another label count: then the seeded head replaces it.
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
     base_digest = _digest_base(base)
-    torch.manual_seed(seed)  # LoRA A init: identical for every worker of the run, B = 0
     peft_cfg = PeftLoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
     )
@@ -110,10 +112,40 @@ def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, 
             params.setdefault(where[0], {})[where[1]] = param
     if not params:
         raise ConfigError(f"target_modules {list(lora.target_modules)} matched no module of {model_path}")
-    for param in LoraModel(model, tokenizer, params, "").head_parameters():
+    lm = LoraModel(model, tokenizer, dict(sorted(params.items())), "")
+    seeded_init(lm, seed)
+    for param in lm.head_parameters():
         param.requires_grad_(train_head)
     fingerprint = _fingerprint(base_digest, lora, seed, params)
-    return LoraModel(model, tokenizer, dict(sorted(params.items())), fingerprint)
+    lm.fingerprint = fingerprint
+    return lm
+
+
+def _generator(seed: int, key: str) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
+
+
+@torch.no_grad()
+def seeded_init(lm: LoraModel, seed: int) -> None:
+    """Initialise LoRA A (kaiming-uniform, as peft does), B = 0 and the head from the run seed.
+
+    Each tensor draws from its own generator keyed by (seed, name): the init is identical on
+    every worker, independent of the global RNG, of other threads and of initialisation order.
+    """
+    for layer, named in lm.params.items():
+        for name, param in named.items():
+            if is_lora_a(name):
+                bound = 1.0 / math.sqrt(param.shape[1])
+                param.uniform_(-bound, bound, generator=_generator(seed, f"{layer}/{name}"))
+            else:
+                param.zero_()
+    std = float(getattr(lm.model.config, "initializer_range", 0.02))
+    for name, param in lm.model.named_parameters():
+        if _is_head(name):
+            if param.dim() > 1:
+                param.normal_(0.0, std, generator=_generator(seed, name))
+            else:
+                param.zero_()
 
 
 def _digest_base(model: torch.nn.Module) -> str:

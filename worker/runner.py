@@ -25,7 +25,7 @@ from worker.train import evaluate, train_local
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_CONFIG, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 
 
 class Worker:
@@ -89,6 +89,9 @@ class Worker:
         except FedtreeError as exc:
             log.error("[Worker] %s", exc)
             return EXIT_UNREACHABLE
+        except Exception:  # noqa: BLE001 - entry point of the worker: log, return a code
+            log.exception("[Worker] crashed")
+            return EXIT_ERROR
         finally:
             self._stop.set()
             self.client.close()
