@@ -209,6 +209,18 @@ class RoundEngine:
             assert self.strategy is not None
             return self.last_closed, self.strategy.downloads(worker_id, round)
 
+    def accepted_before(self, header: PushHeader) -> PushResult | None:
+        """The ack of an upload id already accepted (a retry after a lost ack), else None."""
+        with self._cond:
+            cur = self.current
+            if cur is not None and cur.round == header.round and cur.pushed.get(header.worker_id) == header.upload_id:
+                return PushResult(True, header.round, 0, duplicate=True)
+            if header.round <= self.last_closed:
+                previous = self.store.pushes(header.round).get(header.worker_id)
+                if previous is not None and previous["upload_id"] == header.upload_id:
+                    return PushResult(True, header.round, 0, duplicate=True)
+            return None
+
     def expected_upload(self, header: PushHeader) -> Schema:
         """Validate a push header; return the tensors the push must carry, per layer."""
         with self._cond:
@@ -227,8 +239,9 @@ class RoundEngine:
         with self._cond:
             info = self._worker(header.worker_id)
             cur = self.current
-            if cur is not None and cur.round == header.round and cur.pushed.get(header.worker_id) == header.upload_id:
-                return PushResult(True, header.round, len(update), duplicate=True)
+            duplicate = self.accepted_before(header)
+            if duplicate is not None:
+                return duplicate
             self._check_round(header.worker_id, header.round)
             assert self.strategy is not None and cur is not None
             if header.worker_id in cur.pushed:

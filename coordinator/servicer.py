@@ -89,6 +89,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         if first is None or first.WhichOneof("payload") != "header":
             raise InvalidArgument("a push must start with a header message")
         header = serde.push_header_from_proto(first.header)
+        duplicate = self.engine.accepted_before(header)
+        if duplicate is not None:  # a retry after a lost ack: acknowledge, count nothing
+            for _ in request_iterator:
+                pass
+            return serde.push_result_to_proto(duplicate)
         receiver = UpdateReceiver(header, self.engine.expected_upload(header), self.max_blob_bytes)
         for msg in request_iterator:
             if msg.WhichOneof("payload") != "chunk":

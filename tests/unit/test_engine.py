@@ -272,7 +272,7 @@ def test_downloads_for_closed_round_rejected(started: Harness) -> None:
 def test_duplicate_commit_is_idempotent(started: Harness) -> None:
     h = started
     assert h.push("A", 1, 1.0, 1, upload_id="up-A") == PushResult(True, 1, 2)
-    assert h.push("A", 1, 1.0, 1, upload_id="up-A") == PushResult(True, 1, 2, duplicate=True)
+    assert h.push("A", 1, 1.0, 1, upload_id="up-A") == PushResult(True, 1, 0, duplicate=True)
     assert h.engine.last_closed == 0  # a duplicate is not a second push
     assert list(h.store.pushes(1)) == ["A"]
     assert h.engine.workers["A"].rounds_done == 1
