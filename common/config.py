@@ -48,6 +48,20 @@ class TrainConfig(_Frozen):
     )
 
 
+class FedTreeConfig(_Frozen):
+    """FedTreeLoRA knobs; defaults are ALGORITHM.md's where the paper is silent."""
+
+    warmup_rounds: int = Field(5, ge=1, description="Rounds of local-only training before the tree is built.")
+    window: int = Field(3, ge=1, description="K: a layer's cut may add at most K-1 clusters to the layer below's.")
+    tau: float = Field(0.1, description="phi(1): the score of keeping a layer at one cluster.")
+    linkage: Literal["average", "complete", "single", "ward"] = Field("average", description="Agglomerative linkage of the tree.")
+    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="Distance between clients' B matrices.")
+    rebuild_every: int = Field(0, ge=0, description="Rebuild the tree every N rounds after warmup; 0 = only once.")
+    theta_lr: float = Field(1e-2, gt=0, description="Learning rate of the mixing logits theta (own optimiser group).")
+    fixed_k: int | None = Field(None, ge=1, description="Ablation: every layer uses this many clusters of the tree.")
+    cluster_only: bool = Field(False, description="Ablation: lambda = 1 everywhere (no external expert).")
+
+
 class RunConfig(_Frozen):
     strategy: str = Field("fedit", description="Aggregation strategy: one of coordinator.strategies.STRATEGIES.")
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
@@ -60,6 +74,7 @@ class RunConfig(_Frozen):
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1024, le=4 << 20, description="Bytes per transfer chunk.")
     lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+    fedtree: FedTreeConfig = Field(default_factory=FedTreeConfig)  # type: ignore[arg-type]
 
 
 class CoordinatorConfig(_Frozen):

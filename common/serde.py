@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.chunking import BlobKey, ChunkData, Role
-from common.config import LoraConfig, RunConfig, TrainConfig
+from common.config import FedTreeConfig, LoraConfig, RunConfig, TrainConfig
 from common.errors import InvalidArgument
 from common.schema import Schema, TensorSpec, UploadSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
@@ -54,6 +54,17 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             max_seq_length=run.train.max_seq_length,
             train_head=run.train.train_head,
         ),
+        fedtree=pb.FedTreeSpec(
+            warmup_rounds=run.fedtree.warmup_rounds,
+            window=run.fedtree.window,
+            tau=run.fedtree.tau,
+            linkage=run.fedtree.linkage,
+            metric=run.fedtree.metric,
+            rebuild_every=run.fedtree.rebuild_every,
+            theta_lr=run.fedtree.theta_lr,
+            fixed_k=run.fedtree.fixed_k or 0,
+            cluster_only=run.fedtree.cluster_only,
+        ),
     )
 
 
@@ -70,8 +81,20 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         max_seq_length=msg.train.max_seq_length,
         train_head=msg.train.train_head,
     )
+    ft = msg.fedtree
+    fedtree = FedTreeConfig(
+        warmup_rounds=ft.warmup_rounds,
+        window=ft.window,
+        tau=ft.tau,
+        linkage=ft.linkage,  # type: ignore[arg-type]
+        metric=ft.metric,  # type: ignore[arg-type]
+        rebuild_every=ft.rebuild_every,
+        theta_lr=ft.theta_lr,
+        fixed_k=ft.fixed_k or None,
+        cluster_only=ft.cluster_only,
+    )
     run = RunConfig(
-        strategy=msg.strategy, rounds=msg.rounds, seed=msg.seed, chunk_size=msg.chunk_size, lora=lora, train=train
+        strategy=msg.strategy, rounds=msg.rounds, seed=msg.seed, chunk_size=msg.chunk_size, lora=lora, train=train, fedtree=fedtree
     )
     return msg.run_id, run
 

@@ -121,6 +121,8 @@ class RoundEngine:
         if info is None:
             raise NotFound(f"unknown worker '{worker_id}': call Join first")
         info.last_seen = self.clock()
+        if info.activity == "lost":  # it came back (e.g. after our restart or a network cut)
+            info.activity = "idle"
         return info
 
     # -- tasks ---------------------------------------------------------------------------------

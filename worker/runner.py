@@ -11,7 +11,6 @@ import zlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
@@ -19,7 +18,9 @@ from common.errors import FailedPrecondition, FedtreeError, InvalidArgument
 from common.schema import UploadSpec, schema_of, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from worker.client import FederationClient, Pulled
+from worker.export import export_adapter
 from worker.local_data import LocalData, load_local_data
+from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model, default_model_path
 from worker.train import evaluate, train_local
 
@@ -41,6 +42,8 @@ class Worker:
         self._stop = threading.Event()
         self.lm: LoraModel | None = None
         self.run: RunConfig | None = None
+        self.model_path: Path | None = None
+        self.mixed: MixedExperts | None = None  # FedTreeLoRA's cluster/external mix, after warmup
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -49,8 +52,8 @@ class Worker:
         self.run = run
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
-        model_path = self.config.model_path or default_model_path()
-        self.lm = build_model(Path(model_path), len(self.data.labels), run.lora, run.seed, run.train.train_head)
+        self.model_path = Path(self.config.model_path or default_model_path())
+        self.lm = build_model(self.model_path, len(self.data.labels), run.lora, run.seed, run.train.train_head)
         schema = schema_of(self.lm.layers())
         current = self.client.join(
             JoinRequest(self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, version="0.1.0")
@@ -102,7 +105,7 @@ class Worker:
     def handle(self, task: Task) -> None:
         assert self.lm is not None and self.run is not None
         self.activity = "pulling"
-        self.apply(self.client.pull(task.round))
+        self.apply(task.round, self.client.pull(task.round))
         if task.kind == TaskKind.EVALUATE or task.round > 1:
             evaluated = task.round if task.kind == TaskKind.EVALUATE else task.round - 1
             self.activity = "evaluating"
@@ -115,10 +118,13 @@ class Worker:
             return
         self.activity = "training"
         seed = zlib.crc32(f"{self.run.seed}/{task.round}/{self.config.worker_id}".encode())  # stable across processes
+        extra = [(self.mixed.theta_parameters(), self.run.fedtree.theta_lr)] if self.mixed else []
         metrics = train_local(
             self.lm, self.data.train, self.data.label_ids, self.run.train, seed,
-            desc=f"{self.config.worker_id} round {task.round}", progress=self.config.progress,
+            desc=f"{self.config.worker_id} round {task.round}", progress=self.config.progress, extra_groups=extra,
         )
+        if self.mixed:
+            metrics.update({f"lambda_{layer}": lam for layer, lam in self.mixed.lams().items()})
         local = evaluate(self.lm, self.data.val, self.data.label_ids, self.run.train)
         metrics.update({f"local_{k}": v for k, v in local.items()})
         self.activity = "pushing"
@@ -130,18 +136,26 @@ class Worker:
         log.info("[Worker] round %d pushed %d layers (train loss %.3f, local val acc %.3f)", task.round, result.layers_received, metrics["train_loss"], local.get("accuracy", float("nan")))
         self.activity = "idle"
 
-    def apply(self, pulled: Pulled) -> None:
-        """Load received cluster adapters after checking them against our own tensors."""
-        assert self.lm is not None
+    def apply(self, round: int, pulled: Pulled) -> None:
+        """Check received adapters against our own tensors, then load them: cluster experts
+        overwrite our adapter; in FedTreeLoRA's tree phase external experts fill the mix."""
+        assert self.lm is not None and self.run is not None
         own = schema_of(self.lm.layers())
-        update = {}
         for layer, roles in pulled.items():
             if layer not in own:
                 raise InvalidArgument(f"coordinator sent layer {layer}, which this model does not have")
-            tensors = roles.get(Role.CLUSTER, {})
-            validate_layer(tensors, {n: own[layer][n] for n in tensors if n in own[layer]}, f"pulled layer {layer}")
-            update[layer] = tensors
-        self.lm.load_layers(update)
+            for role, tensors in roles.items():
+                unknown = sorted(set(tensors) - set(own[layer]))
+                if unknown:
+                    raise InvalidArgument(f"pulled layer {layer} {role.name.lower()}: unexpected tensors {unknown}")
+                validate_layer(tensors, {n: own[layer][n] for n in tensors}, f"pulled layer {layer} {role.name.lower()}")
+        if self.run.strategy == "fedtree" and round > self.run.fedtree.warmup_rounds:
+            if self.mixed is None:
+                self.mixed = MixedExperts(self.lm, self.run.lora)
+                log.info("[Worker] round %d: switching to mixed cluster/external experts", round)
+            self.mixed.load(pulled)
+        else:
+            self.lm.load_layers({layer: roles[Role.CLUSTER] for layer, roles in pulled.items() if Role.CLUSTER in roles})
 
     def update_for(self, upload: UploadSpec) -> dict[int, dict[str, torch.Tensor]]:
         assert self.lm is not None
@@ -149,14 +163,9 @@ class Worker:
         return {layer: {n: t for n, t in layers[layer].items() if upload.wants(n)} for layer in upload.layers}
 
     def save_adapter(self) -> Path:
-        """The worker's current personalised adapter as a standard PEFT adapter directory."""
-        assert self.lm is not None
-        path = self.out / "adapter"
-        self.lm.model.save_pretrained(str(path))
-        head = self.lm.head_state()
-        if head:  # the local classifier head: never uploaded, kept beside the adapter
-            save_file(head, str(path / "head.safetensors"))
-        return path
+        """The worker's personalised model as a standard PEFT adapter directory (head included)."""
+        assert self.lm is not None and self.run is not None and self.model_path is not None
+        return export_adapter(self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter")
 
     def _log_metrics(self, record: dict[str, object]) -> None:
         with open(self.out / "metrics.jsonl", "a") as fh:

@@ -39,14 +39,23 @@ def train_local(
     seed: int,
     desc: str = "train",
     progress: bool = True,
+    extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
 ) -> dict[str, float]:
-    """Train for `cfg.local_steps` steps, or `cfg.local_epochs` epochs; return mean loss and steps."""
+    """Train for `cfg.local_steps` steps, or `cfg.local_epochs` epochs; return mean loss and steps.
+
+    `extra_groups` are (parameters, learning rate) pairs trained in their own optimiser groups."""
     if not examples:
         raise ValueError("no training examples")
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(trainable_parameters(lm), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    special = {id(p) for params, _ in extra_groups for p in params}
+    groups: list[dict[str, object]] = [
+        {"params": [p for p in trainable_parameters(lm) if id(p) not in special], "lr": cfg.learning_rate}
+    ]
+    # e.g. FedTreeLoRA's theta: its own learning rate, no weight decay (it is a logit, not a weight)
+    groups += [{"params": params, "lr": lr, "weight_decay": 0.0} for params, lr in extra_groups]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lm.model.train()
     losses: list[float] = []
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)

@@ -198,6 +198,52 @@ class TrainSpec(_message.Message):
 Global___TrainSpec: _TypeAlias = TrainSpec  # noqa: Y015
 
 @_typing.final
+class FedTreeSpec(_message.Message):
+    """FedTreeLoRA's knobs (see ALGORITHM.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WARMUP_ROUNDS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    TAU_FIELD_NUMBER: _builtins.int
+    LINKAGE_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    REBUILD_EVERY_FIELD_NUMBER: _builtins.int
+    THETA_LR_FIELD_NUMBER: _builtins.int
+    FIXED_K_FIELD_NUMBER: _builtins.int
+    CLUSTER_ONLY_FIELD_NUMBER: _builtins.int
+    warmup_rounds: _builtins.int
+    window: _builtins.int
+    tau: _builtins.float
+    linkage: _builtins.str
+    metric: _builtins.str
+    rebuild_every: _builtins.int
+    theta_lr: _builtins.float
+    fixed_k: _builtins.int
+    """0 = not fixed"""
+    cluster_only: _builtins.bool
+    def __init__(
+        self,
+        *,
+        warmup_rounds: _builtins.int = ...,
+        window: _builtins.int = ...,
+        tau: _builtins.float = ...,
+        linkage: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        rebuild_every: _builtins.int = ...,
+        theta_lr: _builtins.float = ...,
+        fixed_k: _builtins.int = ...,
+        cluster_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "fixed_k", b"fixed_k", "linkage", b"linkage", "metric", b"metric", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FedTreeSpec: _TypeAlias = FedTreeSpec  # noqa: Y015
+
+@_typing.final
 class RunSpec(_message.Message):
     """Everything a worker needs to take part in a run, sent at join."""
 
@@ -210,6 +256,7 @@ class RunSpec(_message.Message):
     LORA_FIELD_NUMBER: _builtins.int
     TRAIN_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    FEDTREE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     strategy: _builtins.str
     rounds: _builtins.int
@@ -219,6 +266,8 @@ class RunSpec(_message.Message):
     def lora(self) -> Global___LoraSpec: ...
     @_builtins.property
     def train(self) -> Global___TrainSpec: ...
+    @_builtins.property
+    def fedtree(self) -> Global___FedTreeSpec: ...
     def __init__(
         self,
         *,
@@ -229,10 +278,11 @@ class RunSpec(_message.Message):
         lora: Global___LoraSpec | None = ...,
         train: Global___TrainSpec | None = ...,
         chunk_size: _builtins.int = ...,
+        fedtree: Global___FedTreeSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lora", b"lora", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fedtree", b"fedtree", "lora", b"lora", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

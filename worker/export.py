@@ -1,0 +1,72 @@
+"""Export a worker's personalised model as a standard PEFT adapter directory.
+
+Plain LoRA exports as it is. FedTreeLoRA's mixed model is exactly a rank-2r LoRA:
+B' = [lam B_c | (1 - lam) B_e], A' = [A_c ; A_e], with alpha doubled so that alpha/r is kept.
+The local classifier head goes into `modules_to_save`, so `PeftModel.from_pretrained` on the
+base model reproduces the worker's logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from transformers import AutoModelForSequenceClassification
+
+from common.config import LoraConfig
+from common.schema import is_lora_a
+from worker.model import HEAD_MODULES, LoraModel, split_param_name
+from worker.mixed import MixedExperts
+
+Tensors = dict[str, torch.Tensor]
+
+
+def personalised_layers(lm: LoraModel, mixed: MixedExperts | None) -> tuple[dict[int, Tensors], int]:
+    """(layer -> tensors, rank multiplier): the adapter that reproduces the worker's model."""
+    own = lm.layers()
+    if mixed is None:
+        return own, 1
+    external = mixed.external_layers()
+    out: dict[int, Tensors] = {}
+    for layer, tensors in own.items():
+        lam = mixed.lam_value(layer)
+        out[layer] = {}
+        for name, tensor in tensors.items():
+            ext = external[layer][name]
+            if is_lora_a(name):
+                out[layer][name] = torch.cat([tensor, ext], dim=0)
+            else:
+                out[layer][name] = torch.cat([lam * tensor, (1 - lam) * ext], dim=1)
+    return out, 2
+
+
+def export_adapter(
+    lm: LoraModel, mixed: MixedExperts | None, model_path: Path, num_labels: int, lora: LoraConfig, out_dir: Path
+) -> Path:
+    layers, mult = personalised_layers(lm, mixed)
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+    heads = [h for h in HEAD_MODULES if hasattr(base, h)]
+    cfg = PeftLoraConfig(
+        r=lora.rank * mult,
+        lora_alpha=lora.alpha * mult,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        modules_to_save=heads or None,
+    )
+    model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                layer, rel = split_param_name(name) or (-1, "")
+                param.copy_(layers[layer][rel])
+        own_head = lm.head_state()
+        for head in heads:
+            target = model.base_model.model.get_submodule(head).modules_to_save["default"]
+            prefix = f"base_model.model.{head}."
+            target.load_state_dict({k[len(prefix) :]: v for k, v in own_head.items() if k.startswith(prefix)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    return out_dir

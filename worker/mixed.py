@@ -1,0 +1,99 @@
+"""FedTreeLoRA's mixed experts on a peft model.
+
+Every adapted module computes  W0 x + s * (lam * B_c A_c x + (1 - lam) * B_e A_e x)  with
+lam = sigmoid(theta_l), one theta per transformer layer shared by that layer's modules.
+It is built on peft: the cluster expert is peft's "default" adapter, the external expert a
+second peft adapter "external", both active; lam enters through forward hooks on the two
+lora_B modules, so peft's own forward (dropout, scaling, dtype casts) is used unchanged.
+Only the cluster expert and theta train; the external expert is frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+
+from common.chunking import Role
+from common.config import LoraConfig
+from worker.model import LoraModel, split_param_name
+
+EXTERNAL = "external"
+Tensors = dict[str, torch.Tensor]
+
+
+class MixedExperts:
+    def __init__(self, lm: LoraModel, lora: LoraConfig) -> None:
+        self.lm = lm
+        cfg = PeftLoraConfig(
+            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
+        )
+        lm.model.add_adapter(EXTERNAL, cfg)
+        lm.model.base_model.set_adapter(["default", EXTERNAL])
+        head = {id(p) for p in lm.head_parameters()}
+        head_trainable = {id(p): p.requires_grad for p in lm.head_parameters()}
+        self.external: dict[int, dict[str, torch.nn.Parameter]] = {}
+        for name, param in lm.model.named_parameters():
+            if f".{EXTERNAL}." in name:
+                layer, rel = split_param_name(name.replace(f".{EXTERNAL}.", ".default.")) or (-1, "")
+                self.external.setdefault(layer, {})[rel] = param
+                param.requires_grad_(False)
+            elif "lora_" in name:
+                param.requires_grad_(True)
+            elif id(param) in head:
+                param.requires_grad_(head_trainable[id(param)])
+        with torch.no_grad():
+            for named in self.external.values():
+                for param in named.values():
+                    param.zero_()
+        self.theta = torch.nn.ParameterDict({str(layer): torch.nn.Parameter(torch.zeros(())) for layer in lm.params})
+        lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
+        self.pinned: set[int] = set(lm.params)  # lam = 1 until an external expert arrives
+        self._hooks = []
+        for name, module in lm.model.named_modules():
+            if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
+                where = split_param_name(name + ".x")
+                if where is None:
+                    continue
+                layer = where[0]
+                self._hooks.append(module.lora_B["default"].register_forward_hook(self._scale(layer, cluster=True)))
+                self._hooks.append(module.lora_B[EXTERNAL].register_forward_hook(self._scale(layer, cluster=False)))
+
+    def lam(self, layer: int) -> torch.Tensor:
+        if layer in self.pinned:
+            return torch.ones(())
+        return torch.sigmoid(self.theta[str(layer)])
+
+    def lam_value(self, layer: int) -> float:
+        return float(self.lam(layer).detach())
+
+    def lams(self) -> dict[int, float]:
+        return {layer: self.lam_value(layer) for layer in sorted(self.lm.params)}
+
+    def _scale(self, layer: int, cluster: bool):  # type: ignore[no-untyped-def]
+        def hook(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            lam = self.lam(layer).to(output.dtype)
+            return output * (lam if cluster else 1 - lam)
+
+        return hook
+
+    def theta_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.theta.values())
+
+    @torch.no_grad()
+    def load(self, pulled: dict[int, dict[Role, Tensors]]) -> None:
+        """Cluster experts overwrite the trainable adapter; external experts the frozen one.
+        A layer without an external expert (one cluster) gets lam pinned to 1."""
+        self.lm.load_layers({layer: roles[Role.CLUSTER] for layer, roles in pulled.items() if Role.CLUSTER in roles})
+        for layer in self.lm.params:
+            external = pulled.get(layer, {}).get(Role.EXTERNAL)
+            if external:
+                for name, tensor in external.items():
+                    self.external[layer][name].copy_(tensor.to(self.external[layer][name].dtype))
+                self.pinned.discard(layer)
+            else:
+                for param in self.external[layer].values():
+                    param.zero_()
+                self.pinned.add(layer)
+
+    def external_layers(self) -> dict[int, Tensors]:
+        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.external.items()}
