@@ -70,7 +70,7 @@ class RoundEngine:
         if self.schema is not None:
             self.strategy = create_strategy(self.run, self.schema)
             if self.last_closed:
-                self.strategy.load_state(store.load_checkpoint(self.last_closed))
+                self.strategy.load_state(store.load_checkpoint(self.last_closed), store.get("strategy_meta"))
             # Sums of an unclosed round died with the previous process: its pushes are re-requested.
             dropped = store.discard_pushes(self.last_closed + 1)
             log.info(
@@ -196,7 +196,9 @@ class RoundEngine:
             log.info("[Engine] final evaluation done: run %s complete", self.run_id)
         else:
             self.strategy.close_round(cur.round)
-            path = self.store.close_round(cur.round, cur.started_at, sorted(cur.pushed), self.strategy.state(), {})
+            path = self.store.close_round(
+                cur.round, cur.started_at, sorted(cur.pushed), self.strategy.state(), {"strategy_meta": self.strategy.meta()}
+            )
             self.last_closed = cur.round
             log.info("[Engine] round %d closed: %d/%d pushes, checkpoint %s", cur.round, len(cur.pushed), len(cur.participants), path.name)
         self._cond.notify_all()

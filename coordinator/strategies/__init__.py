@@ -7,11 +7,13 @@ from common.errors import ConfigError
 from common.schema import Schema
 from coordinator.strategies.base import Download, Strategy
 from coordinator.strategies.fedit import FedIT
+from coordinator.strategies.fedtree import FedTree
 from coordinator.strategies.local import Local
 
 STRATEGIES: dict[str, type[Strategy]] = {
     FedIT.name: FedIT,
     Local.name: Local,
+    FedTree.name: FedTree,
 }
 
 

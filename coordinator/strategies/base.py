@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -65,8 +65,12 @@ class Strategy(ABC):
         """Tensors to checkpoint after a closed round (flat names)."""
         return {}
 
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:  # noqa: B027 - optional hook
-        """Restore from `state()` after a coordinator restart."""
+    def meta(self) -> dict[str, Any]:
+        """JSON-safe facts to checkpoint beside `state()` (e.g. the tree and its cuts)."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:  # noqa: B027
+        """Restore from `state()` and `meta()` after a coordinator restart."""
 
     def all_layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.schema))

@@ -6,12 +6,14 @@ mean A and mean B of all workers (its classifier head stays local).
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from common.chunking import Role
 from common.schema import UploadSpec
 from coordinator.aggregation import WeightedSum
 from coordinator.strategies.base import Download, LayerTensors, Strategy, flatten, unflatten
-
-import torch
 
 
 class FedIT(Strategy):
@@ -40,5 +42,5 @@ class FedIT(Strategy):
     def state(self) -> dict[str, torch.Tensor]:
         return flatten(self.global_adapter, "global")
 
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
         self.global_adapter = unflatten(tensors, "global")

@@ -53,7 +53,7 @@ def as_lists(downloads: list[Download]) -> dict[int, dict[str, list]]:
 
 
 def test_registry() -> None:
-    assert STRATEGIES == {"fedit": FedIT, "local": Local}
+    assert STRATEGIES["fedit"] is FedIT and STRATEGIES["local"] is Local
     assert isinstance(create_strategy(RunConfig(strategy="local"), schema()), Local)
     with pytest.raises(ConfigError, match="unknown strategy 'fedavg'"):
         create_strategy(RunConfig(strategy="fedavg"), schema())

@@ -1,0 +1,170 @@
+"""FedTreeLoRA (arXiv 2603.13282): one global client tree, cut per layer; mixed experts.
+
+Trains: during `warmup_rounds`, each worker's own A and B (local only); afterwards its cluster
+expert (A, B) and a per-layer mixing logit theta (local, never uploaded).
+Uploads: nothing during warmup except at its last round, where every worker uploads all its A
+and B; afterwards its updated cluster expert, every layer.
+Uses: per layer l, the example-weighted mean A and mean B of its cluster under the cut c*_l of
+the global tree (cluster expert) mixed by lambda = sigmoid(theta) with the mean over all other
+workers (external expert; none and lambda = 1 where the layer has one cluster).
+The tree, cuts and clusters are rebuilt after warmup (and every `rebuild_every` rounds if set).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.chunking import Role
+from common.schema import UploadSpec
+from coordinator.strategies.base import Download, LayerTensors, Strategy
+from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, global_distance, layer_distances, stack_b
+from coordinator.tree.render import dendrogram, layer_groups
+
+log = logging.getLogger(__name__)
+Tensors = dict[str, torch.Tensor]
+
+
+class FedTree(Strategy):
+    name = "fedtree"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cfg = self.run.fedtree
+        self.tree: ClientTree | None = None
+        self.cuts: list[int] = []
+        self.built_round = 0
+        # layer -> worker -> cluster id under that layer's cut
+        self.assignment: dict[int, dict[str, int]] = {}
+        self.experts = ClusterSums()
+        self._pending = ClusterSums()
+        self._uploads: dict[str, tuple[LayerTensors, float]] = {}  # per-worker uploads of a (re)build round
+
+    # -- phases ------------------------------------------------------------------------------
+    def _builds_tree(self, round: int) -> bool:
+        warm = self.cfg.warmup_rounds
+        every = self.cfg.rebuild_every
+        return round == warm or (every > 0 and round > warm and (round - warm) % every == 0)
+
+    def upload_spec(self, worker_id: str, round: int) -> UploadSpec:
+        if round < self.cfg.warmup_rounds:
+            return UploadSpec(layers=(), lora_a=False, lora_b=False)
+        return UploadSpec(self.all_layers(), lora_a=True, lora_b=True)
+
+    def downloads(self, worker_id: str, round: int) -> list[Download]:
+        if self.tree is None or round <= self.cfg.warmup_rounds:
+            return []
+        out: list[Download] = []
+        for layer in self.all_layers():
+            cut = self.cuts[layer]
+            cluster = self.assignment[layer].get(worker_id)
+            if cluster is None:  # joined after the tree was built: it gets everyone's mean
+                out.append(Download(layer, Role.CLUSTER, f"all@{layer}", self._mean_all(layer)))
+                continue
+            out.append(Download(layer, Role.CLUSTER, f"c{cut}.{cluster}", self.experts.cluster_mean(layer, cluster)))
+            external = None if self.cfg.cluster_only else self.experts.external_mean(layer, cluster)
+            if external is not None:
+                out.append(Download(layer, Role.EXTERNAL, f"x{cut}.{cluster}", external))
+        return out
+
+    def accumulate(self, worker_id: str, round: int, update: LayerTensors, weight: float) -> None:
+        if self._builds_tree(round):
+            self._uploads[worker_id] = (update, weight)
+            return
+        if round <= self.cfg.warmup_rounds:
+            return
+        for layer, tensors in update.items():
+            cluster = self.assignment.get(layer, {}).get(worker_id)
+            if cluster is not None:  # late joiners are not in the tree and do not shape it
+                self._pending.add(layer, cluster, tensors, weight)
+
+    def close_round(self, round: int) -> None:
+        if self._builds_tree(round) and len(self._uploads) >= 1:
+            self._build(round)
+        elif self._pending.total_weights:
+            # clusters nobody pushed to this round keep their previous expert
+            for layer, clusters in self.experts.weights.items():
+                for cluster, weight in clusters.items():
+                    if cluster not in self._pending.weights.get(layer, {}):
+                        self._pending.add(layer, cluster, self.experts.cluster_mean(layer, cluster), weight)
+            self.experts = self._pending
+        self._pending = ClusterSums()
+        self._uploads = {}
+
+    # -- the tree ----------------------------------------------------------------------------
+    def _build(self, round: int) -> None:
+        workers = sorted(self._uploads)
+        per_client = [self._uploads[w][0] for w in workers]
+        Dl = layer_distances(stack_b(per_client), metric=self.cfg.metric)
+        tree = build_tree(global_distance(Dl).numpy(), workers, self.cfg.linkage)
+        if self.cfg.fixed_k is not None:
+            cuts = [min(self.cfg.fixed_k, len(workers))] * len(Dl)
+        else:
+            cuts = choose_cuts(tree, Dl.numpy(), K=self.cfg.window, tau=self.cfg.tau).cuts
+        self.tree, self.cuts, self.built_round = tree, cuts, round
+        self.assignment = {
+            layer: dict(zip(workers, (int(c) for c in tree.partition(cuts[layer])), strict=True)) for layer in self.all_layers()
+        }
+        self.experts = ClusterSums()
+        for worker in workers:
+            update, weight = self._uploads[worker]
+            for layer, tensors in update.items():
+                self.experts.add(layer, self.assignment[layer][worker], tensors, weight)
+        log.info("[FedTree] tree built after round %d over %d workers; cuts per layer %s", round, len(workers), cuts)
+        for line in dendrogram(tree) + layer_groups(self.clusters()):
+            log.info("[FedTree] %s", line)
+
+    def clusters(self) -> list[list[list[str]]]:
+        """Per layer, the clusters as sorted lists of worker ids (in cluster id order)."""
+        out = []
+        for layer in self.all_layers():
+            groups: dict[int, list[str]] = {}
+            for worker, cluster in sorted(self.assignment.get(layer, {}).items()):
+                groups.setdefault(cluster, []).append(worker)
+            out.append([groups[c] for c in sorted(groups)])
+        return out
+
+    def _mean_all(self, layer: int) -> Tensors:
+        total = self.experts.total_weights[layer]
+        return self.experts._cast({n: t / total for n, t in self.experts.totals[layer].items()})
+
+    # -- persistence -------------------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            f"cluster/{layer}/{cluster}/{name}": tensor
+            for layer, clusters in self.experts.weights.items()
+            for cluster in clusters
+            for name, tensor in self.experts.cluster_mean(layer, cluster).items()
+        }
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "tree": self.tree.to_dict() if self.tree else None,
+            "cuts": self.cuts,
+            "built_round": self.built_round,
+            "assignment": {str(layer): a for layer, a in self.assignment.items()},
+            "weights": {str(layer): {str(c): w for c, w in ws.items()} for layer, ws in self.experts.weights.items()},
+            "clusters": self.clusters(),
+        }
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+        meta = meta or {}
+        if not meta.get("tree"):
+            return
+        self.tree = ClientTree.from_dict(meta["tree"])
+        self.cuts = [int(c) for c in meta["cuts"]]
+        self.built_round = int(meta["built_round"])
+        self.assignment = {int(layer): {w: int(c) for w, c in a.items()} for layer, a in meta["assignment"].items()}
+        means: dict[tuple[int, int], Tensors] = {}
+        for key, tensor in tensors.items():
+            _, layer, cluster, name = key.split("/", 3)
+            means.setdefault((int(layer), int(cluster)), {})[name] = tensor
+        self.experts = ClusterSums()
+        for (layer, cluster), mean in sorted(means.items()):
+            self.experts.add(layer, cluster, mean, float(meta["weights"][str(layer)][str(cluster)]))
+
+    def cluster_counts(self) -> list[int]:
+        return [int(np.max(list(a.values())) + 1) if a else 0 for _, a in sorted(self.assignment.items())]

@@ -1,0 +1,58 @@
+"""fedtree end to end on a tiny BERT: warmup, tree, mixed experts, persistence across a restart."""
+
+from __future__ import annotations
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from coordinator.engine import RoundEngine
+from coordinator.state import StateStore
+from test_federation import TRAIN, _run_all, _worker
+from worker.runner import EXIT_OK
+
+FEDTREE = {"warmup_rounds": 2, "tau": -1.0}  # tau=-1: split wherever the silhouette is positive
+
+
+def test_fedtree_four_workers(coordinator_factory, tiny_model_dir, client_data, tmp_path):
+    coord = coordinator_factory(strategy="fedtree", rounds=4, min_workers=4, train=TRAIN, fedtree=FEDTREE)
+    labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
+    workers = [
+        _worker(coord, tiny_model_dir, client_data(f"t{i}", labels[i]), tmp_path / f"o{i}", f"t{i}") for i in range(4)
+    ]
+    assert _run_all(workers) == [EXIT_OK] * 4
+    engine = coord.engine
+    strategy = engine.strategy
+    assert engine.done and strategy.tree is not None and strategy.built_round == 2
+    assert sorted(strategy.tree.leaves) == ["t0", "t1", "t2", "t3"]
+    assert strategy.cuts == sorted(strategy.cuts) and all(1 <= c < 4 for c in strategy.cuts)
+    # warmup: round 1 uploads nothing, round 2 uploads everything
+    rounds = engine.store.rounds()
+    assert rounds[0]["bytes"] == 0 and all(r["bytes"] > 0 for r in rounds[1:])
+    # every worker switched to mixed experts; lambda pinned to 1 exactly where its layer has one cluster
+    for worker in workers:
+        assert worker.mixed is not None
+        for layer, lam in worker.mixed.lams().items():
+            assert (lam == 1.0) == (strategy.cuts[layer] == 1)
+    # the exported adapter is a standard rank-2r PEFT adapter reproducing the worker's logits
+    worker = workers[0]
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2, ignore_mismatched_sizes=True)
+    reloaded = PeftModel.from_pretrained(base, str(worker.out / "adapter")).eval()
+    worker.lm.model.eval()
+    enc = worker.lm.tokenizer(["goal for the team", "new phone chip"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**enc).logits, worker.lm.model(**enc).logits, rtol=1e-4, atol=1e-5)
+
+    # the tree, the cuts and the clusters survive a coordinator restart
+    meta = engine.store.get("strategy_meta")
+    assert meta["cuts"] == strategy.cuts and meta["clusters"] == strategy.clusters()
+    coord.stop(grace=0.1)
+    restarted = RoundEngine(coord.config, StateStore(coord.config.state_dir))
+    assert restarted.strategy.tree == strategy.tree and restarted.strategy.cuts == strategy.cuts
+    for w in ("t0", "t3"):
+        old = {(d.layer, d.role): d.tensors for d in strategy.downloads(w, 5)}
+        new = {(d.layer, d.role): d.tensors for d in restarted.strategy.downloads(w, 5)}
+        assert old.keys() == new.keys()
+        for key in old:
+            for name in old[key]:
+                torch.testing.assert_close(old[key][name], new[key][name])
