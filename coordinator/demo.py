@@ -17,6 +17,8 @@ from pathlib import Path
 import yaml
 
 from coordinator.state import StateStore
+from coordinator.tree import ClientTree
+from coordinator.tree.render import dendrogram, layer_groups
 from worker.data.partition import partition_federation, write_partitions
 
 DEFAULT_TASKS = "wordnet_pos,bbc_news"
@@ -34,6 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--max-seq-length", type=int, default=64)
+    p.add_argument("--warmup-rounds", type=int, default=2, help="fedtree: local-only rounds before the tree is built")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="run directory (wiped first)")
     p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="extra run config, e.g. fedtree.warmup_rounds=2")
@@ -59,6 +62,7 @@ def _coordinator_config(args: argparse.Namespace, state_dir: Path) -> dict:
             "learning_rate": args.learning_rate,
             "max_seq_length": args.max_seq_length,
         },
+        "fedtree": {"warmup_rounds": args.warmup_rounds},
     }
     for item in args.extra:
         key, _, raw = item.partition("=")
@@ -73,6 +77,18 @@ def _table(evals: dict[int, dict[str, dict[str, float]]], workers: list[str]) ->
         got = [a for a in accs if a is not None]
         cells = "  ".join(f"{a:9.3f}" if a is not None else f"{'-':>9}" for a in accs)
         lines.append(f"{rnd:>5}  {cells}  {sum(got) / len(got) if got else float('nan'):9.3f}")
+    return lines
+
+
+def tree_report(meta: dict | None) -> list[str]:
+    """The client tree and each layer's clusters, from the persisted strategy meta."""
+    if not meta or not meta.get("tree"):
+        return []
+    tree = ClientTree.from_dict(meta["tree"])
+    lines = [f"client tree built after round {meta['built_round']} ({tree.linkage} linkage):"]
+    lines += ["  " + line for line in dendrogram(tree)]
+    lines.append(f"per-layer cluster counts (shallow -> deep): {meta['cuts']}")
+    lines += ["  " + line for line in layer_groups(meta["clusters"])]
     return lines
 
 
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = [p.client_id for p in parts]
     store: StateStore | None = None
     shown = 0
+    tree_shown = False
     try:
         while any(p.poll() is None for p in procs.values()):
             time.sleep(1.0)
@@ -131,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 for line in lines[1 + shown :] if complete else []:
                     print(line, f"  ({time.monotonic() - start:5.0f} s)", flush=True)
                 shown = len(complete)
+                if not tree_shown:
+                    report = tree_report(store.get("strategy_meta"))
+                    if report:
+                        print("\n".join(report), flush=True)
+                        tree_shown = True
     except KeyboardInterrupt:
         for p in procs.values():
             p.terminate()
@@ -139,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     evals = store.evaluations()
     print("\nvalidation accuracy of each client's model after each round (papers' protocol):")
     print("\n".join(_table(evals, workers)))
+    if not tree_shown:
+        print("\n".join(tree_report(store.get("strategy_meta"))))
     for name, code in codes.items():
         if code != 0:
             print(f"!! {name} exited with {code}; see {out / 'logs' / (name + '.log')}")
