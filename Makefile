@@ -26,8 +26,11 @@ install-system:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# `make demo STRATEGY=fedtree` runs FedTreeLoRA (2 warmup rounds) and prints the client tree.
+STRATEGY ?= fedit
+DEMO_ARGS ?=
 demo: install
-	$(PYTHON) -m coordinator.demo
+	$(PYTHON) -m coordinator.demo --strategy $(STRATEGY) $(DEMO_ARGS)
 
 test: install
 	$(PYTHON) -m pytest -q

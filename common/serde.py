@@ -125,6 +125,7 @@ def join_to_proto(req: JoinRequest) -> pb.JoinRequest:
         num_train_examples=req.num_train_examples,
         schema=schema_to_proto(req.schema),
         version=req.version,
+        layer_prefix=req.layer_prefix,
     )
 
 
@@ -135,6 +136,7 @@ def join_from_proto(msg: pb.JoinRequest) -> JoinRequest:
         num_train_examples=msg.num_train_examples,
         schema=schema_from_proto(list(msg.schema)),
         version=msg.version,
+        layer_prefix=msg.layer_prefix,
     )
 
 

@@ -32,6 +32,7 @@ class JoinRequest:
     num_train_examples: int
     schema: Schema
     version: str = ""
+    layer_prefix: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""`python -m coordinator [--config FILE]`: run a coordinator until the run is done or a signal."""
+"""`python -m coordinator [--config FILE]`: run a coordinator until the run is done or a signal.
+
+`python -m coordinator export --state-dir DIR --worker ID --to OUT`: a worker's adapter from the state.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,38 @@ log = logging.getLogger("coordinator")
 EXIT_OK, EXIT_CONFIG, EXIT_SIGNAL = 0, 2, 130
 
 
+def export_main(argv: list[str]) -> int:
+    """`python -m coordinator export --state-dir DIR --worker ID --to OUT`: a worker's adapter as a
+    PEFT directory, from the coordinator's state (cluster/external experts and reported lambdas)."""
+    parser = argparse.ArgumentParser(prog="fedtree-coordinator export", description=export_main.__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--worker", required=True)
+    parser.add_argument("--to", type=Path, required=True)
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    from common.errors import FedtreeError
+    from coordinator.engine import RoundEngine
+    from coordinator.export import write_adapter
+    from coordinator.state import StateStore
+
+    if not (args.state_dir / "state.db").exists():
+        print(f"fedtree-coordinator export: no state in {args.state_dir}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = StateStore(args.state_dir)
+    config = CoordinatorConfig.model_validate({**store.get("config"), "state_dir": str(args.state_dir)})
+    try:
+        out = write_adapter(RoundEngine(config, store), args.worker, args.to)
+    except FedtreeError as exc:
+        print(f"fedtree-coordinator export: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote PEFT adapter of {args.worker} after round {store.last_closed_round()} to {out}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fedtree-coordinator", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML config file (CoordinatorConfig)")
     parser.add_argument("--port", type=int, help="override the gRPC port")

@@ -95,7 +95,7 @@ class RoundEngine:
                 raise FailedPrecondition(f"adapter schema of worker {req.worker_id} differs from the run's")
             if self.fingerprint is None or self.schema is None:
                 self.fingerprint, self.schema = req.fingerprint, req.schema
-                self.store.put(fingerprint=req.fingerprint)
+                self.store.put(fingerprint=req.fingerprint, layer_prefix=req.layer_prefix)
                 self.store.put_schema(req.schema)
                 self.strategy = create_strategy(self.run, req.schema)
                 log.info("[Engine] run %s fixed by %s: %d layers, fingerprint %s", self.run_id, req.worker_id, len(req.schema), req.fingerprint[:16])

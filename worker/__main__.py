@@ -1,4 +1,7 @@
-"""`python -m worker [--config FILE]`: join a federation and train until the run is done."""
+"""`python -m worker [--config FILE]`: join a federation and train until the run is done.
+
+`python -m worker export --output-dir DIR`: write the personalised PEFT adapter from the local checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,30 @@ log = logging.getLogger("worker")
 EXIT_CONFIG = 2
 
 
+def export_main(argv: list[str]) -> int:
+    """`python -m worker export --output-dir DIR [--to OUT]`: PEFT adapter from the local checkpoint."""
+    parser = argparse.ArgumentParser(prog="fedtree-worker export", description=export_main.__doc__)
+    parser.add_argument("--output-dir", type=Path, required=True, help="the worker's output directory")
+    parser.add_argument("--to", type=Path, help="adapter directory to write (default: OUTPUT_DIR/adapter)")
+    args = parser.parse_args(argv)
+    configure_logging("INFO")
+    from worker.checkpoint import load_checkpoint
+    from worker.export import export_adapter
+
+    try:
+        state = load_checkpoint(args.output_dir)
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    out = export_adapter(state.lm, state.mixed, state.model_path, len(state.labels), state.run.lora, args.to or args.output_dir / "adapter")
+    print(f"wrote PEFT adapter of round {state.round} to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fedtree-worker", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML config file (WorkerConfig)")
     parser.add_argument("--coordinator", help="override HOST:PORT of the coordinator")

@@ -54,6 +54,12 @@ def split_param_name(name: str) -> tuple[int, str] | None:
     return int(last.group(1)), rel
 
 
+def layer_prefix(name: str) -> str:
+    """'base_model.model.bert.encoder.layer.3.attention...' -> 'base_model.model.bert.encoder.layer.'
+    (peft's saved-key prefix of the transformer blocks, so others can name our tensors)."""
+    return name[: list(_LAYER_RE.finditer(name))[-1].start(1)]
+
+
 @dataclass
 class LoraModel:
     """A peft-wrapped classifier and an index of its LoRA parameters by (layer, name)."""
@@ -62,6 +68,7 @@ class LoraModel:
     tokenizer: PreTrainedTokenizerBase
     params: dict[int, dict[str, torch.nn.Parameter]]
     fingerprint: str
+    prefix: str = ""
 
     def layers(self) -> LayerTensors:
         return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.params.items()}
@@ -112,7 +119,8 @@ def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, 
             params.setdefault(where[0], {})[where[1]] = param
     if not params:
         raise ConfigError(f"target_modules {list(lora.target_modules)} matched no module of {model_path}")
-    lm = LoraModel(model, tokenizer, dict(sorted(params.items())), "")
+    first = next(n for n, _ in model.named_parameters() if "lora_" in n)
+    lm = LoraModel(model, tokenizer, dict(sorted(params.items())), "", layer_prefix(first))
     seeded_init(lm, seed)
     for param in lm.head_parameters():
         param.requires_grad_(train_head)

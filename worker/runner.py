@@ -18,6 +18,7 @@ from common.errors import FailedPrecondition, FedtreeError, InvalidArgument
 from common.schema import UploadSpec, schema_of, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from worker.client import FederationClient, Pulled
+from worker.checkpoint import resume, save_checkpoint
 from worker.export import export_adapter
 from worker.local_data import LocalData, load_local_data
 from worker.mixed import MixedExperts
@@ -55,8 +56,12 @@ class Worker:
         self.model_path = Path(self.config.model_path or default_model_path())
         self.lm = build_model(self.model_path, len(self.data.labels), run.lora, run.seed, run.train.train_head)
         schema = schema_of(self.lm.layers())
+        resumed = resume(self.lm, self.out, run)
+        if resumed is not None:
+            self.mixed, last = resumed
+            log.info("[Worker] resumed local state (adapter, head%s) from round %d", ", lambda" if self.mixed else "", last)
         current = self.client.join(
-            JoinRequest(self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, version="0.1.0")
+            JoinRequest(self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, "0.1.0", self.lm.prefix)
         )
         log.info(
             "[Worker] %s joined run %s (strategy %s, round %d): %d train / %d val examples, %d labels, %d LoRA layers",
@@ -72,8 +77,7 @@ class Worker:
             while not self._stop.is_set():
                 task = self.client.get_task(wait_s=10.0)
                 if task.kind == TaskKind.DONE:
-                    log.info("[Worker] run complete")
-                    self.save_adapter()
+                    log.info("[Worker] run complete; personalised adapter in %s", self.out / "adapter")
                     return EXIT_OK
                 if task.kind == TaskKind.WAIT:
                     self.activity = "idle"
@@ -114,7 +118,7 @@ class Worker:
             self._log_metrics({"round": evaluated, "kind": "evaluation", **metrics})
             log.info("[Worker] model after round %d: val accuracy %.3f", evaluated, metrics.get("accuracy", float("nan")))
         if task.kind == TaskKind.EVALUATE:
-            self.save_adapter()
+            self.save_adapter(task.round, export=True)
             return
         self.activity = "training"
         seed = zlib.crc32(f"{self.run.seed}/{task.round}/{self.config.worker_id}".encode())  # stable across processes
@@ -132,7 +136,7 @@ class Worker:
         header = PushHeader(self.config.worker_id, task.round, uuid.uuid4().hex, len(self.data.train), metrics)
         result = self.client.push(header, self.update_for(upload), self.run.chunk_size)
         self._log_metrics({"round": task.round, "kind": "train", **metrics})
-        self.save_adapter()
+        self.save_adapter(task.round, export=task.round == self.run.rounds)
         log.info("[Worker] round %d pushed %d layers (train loss %.3f, local val acc %.3f)", task.round, result.layers_received, metrics["train_loss"], local.get("accuracy", float("nan")))
         self.activity = "idle"
 
@@ -162,10 +166,13 @@ class Worker:
         layers = self.lm.layers()
         return {layer: {n: t for n, t in layers[layer].items() if upload.wants(n)} for layer in upload.layers}
 
-    def save_adapter(self) -> Path:
-        """The worker's personalised model as a standard PEFT adapter directory (head included)."""
+    def save_adapter(self, round: int, export: bool) -> None:
+        """Checkpoint the local state; on the last rounds also export the personalised model
+        as a PEFT adapter directory (`python -m worker export` does it from the checkpoint)."""
         assert self.lm is not None and self.run is not None and self.model_path is not None
-        return export_adapter(self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter")
+        save_checkpoint(self.out, self.lm, self.mixed, self.run, list(self.data.labels), self.model_path, round)
+        if export:
+            export_adapter(self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter")
 
     def _log_metrics(self, record: dict[str, object]) -> None:
         with open(self.out / "metrics.jsonl", "a") as fh:

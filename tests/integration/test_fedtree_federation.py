@@ -56,3 +56,33 @@ def test_fedtree_four_workers(coordinator_factory, tiny_model_dir, client_data, 
         for key in old:
             for name in old[key]:
                 torch.testing.assert_close(old[key][name], new[key][name])
+
+
+def test_exports_from_worker_checkpoint_and_coordinator_state(coordinator_factory, tiny_model_dir, client_data, tmp_path):
+    """`worker export` rebuilds the adapter from the local checkpoint; `coordinator export` writes
+    the same LoRA tensors from the coordinator's experts and the lambdas the worker reported."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    coord = coordinator_factory(strategy="fedtree", rounds=3, min_workers=4, train=TRAIN, fedtree=FEDTREE)
+    labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
+    workers = [_worker(coord, tiny_model_dir, client_data(f"e{i}", labels[i]), tmp_path / f"o{i}", f"e{i}") for i in range(4)]
+    assert _run_all(workers) == [EXIT_OK] * 4
+    state_dir = coord.config.state_dir
+    coord.stop(grace=0.1)
+
+    def run(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    run("worker", "export", "--output-dir", str(tmp_path / "o1"), "--to", str(tmp_path / "w-export"))
+    run("coordinator", "export", "--state-dir", str(state_dir), "--worker", "e1", "--to", str(tmp_path / "c-export"))
+    from_worker = load_file(str(tmp_path / "w-export" / "adapter_model.safetensors"))
+    from_coord = load_file(str(tmp_path / "c-export" / "adapter_model.safetensors"))
+    lora_keys = {k for k in from_worker if "lora_" in k}
+    assert lora_keys == set(from_coord)
+    for key in lora_keys:
+        torch.testing.assert_close(from_coord[key], from_worker[key], rtol=1e-4, atol=1e-6)
+    assert any("classifier" in k for k in from_worker)  # the head stays with the worker's export only

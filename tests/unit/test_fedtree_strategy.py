@@ -138,3 +138,18 @@ def test_late_joiner_gets_everyones_mean() -> None:
     assert all(role == Role.CLUSTER for _, role in got)
     everyone = sum(planted(w)[2][B] for w in WORKERS) / 4
     torch.testing.assert_close(got[(2, Role.CLUSTER)][B], everyone)
+
+
+def test_rebuild_every_rebuilds_from_that_rounds_uploads() -> None:
+    s = strategy(rebuild_every=2)
+    warm_up(s)
+    assert s.built_round == 2 and not s._builds_tree(3) and s._builds_tree(4)
+    flipped = {"w0": "w2", "w1": "w3", "w2": "w0", "w3": "w1"}  # swap who looks like whom
+    for round in (3, 4):
+        for worker in WORKERS:
+            s.accumulate(worker, round, planted(flipped[worker]), 1.0)
+        s.close_round(round)
+    assert s.built_round == 4
+    assert s.clusters()[-1] == [["w0", "w1"], ["w2", "w3"]]
+    deep = LAYERS - 1
+    torch.testing.assert_close(by_role(s, "w0", 5)[(deep, Role.CLUSTER)][B], (planted("w2")[deep][B] + planted("w3")[deep][B]) / 2)

@@ -118,3 +118,23 @@ def test_personalised_layers_shapes(tiny_model_dir: Path) -> None:
     assert a.shape == (2 * LORA.rank, 32) and b.shape == (32, 2 * LORA.rank)
     # pinned layer: lam = 1, so the external half of B' is zero
     assert torch.count_nonzero(layers[0]["attention.self.query.lora_B.weight"][:, LORA.rank :]) == 0
+
+
+def test_checkpoint_round_trip_restores_the_personalised_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from common.config import RunConfig
+    from worker.checkpoint import load_checkpoint, resume, save_checkpoint
+
+    run = RunConfig(lora=LORA)
+    lm = build_model(tiny_model_dir, 3, LORA, seed=0, train_head=True)
+    lm.load_layers(randomise(lm, 0))
+    mixed = make_mixed(lm, pinned_layer=0)
+    expected = logits(lm.model, lm)
+    save_checkpoint(tmp_path, lm, mixed, run, ["a", "b", "c"], tiny_model_dir, round=4)
+    restored = load_checkpoint(tmp_path)
+    assert restored.round == 4 and restored.mixed is not None and restored.mixed.pinned == {0}
+    torch.testing.assert_close(logits(restored.lm.model, restored.lm), expected)
+    fresh = build_model(tiny_model_dir, 3, LORA, seed=0, train_head=True)
+    assert resume(fresh, tmp_path, run.model_copy(update={"seed": 1})) is None  # another run's state is ignored
+    again = resume(fresh, tmp_path, run)
+    assert again is not None and again[1] == 4
+    torch.testing.assert_close(logits(fresh.model, fresh), expected)

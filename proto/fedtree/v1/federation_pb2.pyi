@@ -387,11 +387,16 @@ class JoinRequest(_message.Message):
     NUM_TRAIN_EXAMPLES_FIELD_NUMBER: _builtins.int
     SCHEMA_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    LAYER_PREFIX_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     model_fingerprint: _builtins.str
     """sha256 over the base model's weights and config, the LoRA config and the seeded LoRA init."""
     num_train_examples: _builtins.int
     version: _builtins.str
+    layer_prefix: _builtins.str
+    """peft's saved-key prefix of the transformer blocks, e.g. "base_model.model.bert.encoder.layer.",
+    so the coordinator can write a PEFT adapter for this worker.
+    """
     @_builtins.property
     def schema(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerSchema]:
         """The worker's adapter tensors per layer; the first worker to join fixes the run's schema."""
@@ -404,10 +409,11 @@ class JoinRequest(_message.Message):
         num_train_examples: _builtins.int = ...,
         schema: _abc.Iterable[Global___LayerSchema] | None = ...,
         version: _builtins.str = ...,
+        layer_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_fingerprint", b"model_fingerprint", "num_train_examples", b"num_train_examples", "schema", b"schema", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layer_prefix", b"layer_prefix", "model_fingerprint", b"model_fingerprint", "num_train_examples", b"num_train_examples", "schema", b"schema", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,78 @@
+"""Write any worker's personalised adapter, as the coordinator knows it, as a PEFT adapter directory.
+
+The coordinator holds what a worker pulls (cluster and external experts) and the lambdas it
+reports with its pushes; the classifier head never leaves the worker, so it is not included.
+Used by `python -m coordinator export` (offline, from a state directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from safetensors.torch import save_file
+
+from common.chunking import Role
+from common.errors import FailedPrecondition, NotFound
+from common.schema import is_lora_a
+from coordinator.engine import RoundEngine
+
+Tensors = dict[str, torch.Tensor]
+
+
+def worker_layers(engine: RoundEngine, worker_id: str) -> tuple[dict[int, Tensors], int]:
+    """(layer -> personalised tensors, rank multiplier) for `worker_id` after the last closed round."""
+    if engine.strategy is None:
+        raise FailedPrecondition("no worker has joined this run yet")
+    if worker_id not in engine.workers:
+        raise NotFound(f"unknown worker '{worker_id}'")
+    pulled: dict[int, dict[Role, Tensors]] = {}
+    for item in engine.strategy.downloads(worker_id, engine.last_closed + 1):
+        pulled.setdefault(item.layer, {})[item.role] = item.tensors
+    if not pulled:
+        raise FailedPrecondition(f"strategy '{engine.run.strategy}' keeps no adapter for {worker_id} on the coordinator")
+    mixed = any(Role.EXTERNAL in roles for roles in pulled.values())
+    if not mixed:
+        return {layer: roles[Role.CLUSTER] for layer, roles in pulled.items()}, 1
+    lambdas = reported_lambdas(engine, worker_id)
+    out: dict[int, Tensors] = {}
+    for layer, roles in sorted(pulled.items()):
+        cluster = roles[Role.CLUSTER]
+        external = roles.get(Role.EXTERNAL)
+        lam = lambdas.get(layer, 0.5) if external is not None else 1.0
+        out[layer] = {}
+        for name, tensor in cluster.items():
+            ext = external[name] if external is not None else torch.zeros_like(tensor)
+            if is_lora_a(name):
+                out[layer][name] = torch.cat([tensor, ext], dim=0)
+            else:
+                out[layer][name] = torch.cat([lam * tensor, (1 - lam) * ext], dim=1)
+    return out, 2
+
+
+def reported_lambdas(engine: RoundEngine, worker_id: str) -> dict[int, float]:
+    """The per-layer lambdas from the worker's latest push (metrics `lambda_<layer>`)."""
+    for round in range(engine.last_closed, 0, -1):
+        push = engine.store.pushes(round).get(worker_id)
+        if push is not None:
+            return {int(k.split("_", 1)[1]): v for k, v in push["metrics"].items() if k.startswith("lambda_")}
+    return {}
+
+
+def write_adapter(engine: RoundEngine, worker_id: str, out_dir: Path) -> Path:
+    layers, mult = worker_layers(engine, worker_id)
+    prefix = engine.store.get("layer_prefix") or ""
+    lora = engine.run.lora
+    config = PeftLoraConfig(
+        r=lora.rank * mult,
+        lora_alpha=lora.alpha * mult,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out_dir))
+    tensors = {f"{prefix}{layer}.{name}": t.contiguous() for layer, named in layers.items() for name, t in named.items()}
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out_dir
