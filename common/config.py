@@ -67,9 +67,7 @@ class RunConfig(_Frozen):
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
     seed: int = Field(0, ge=0, description="Run seed: fixes the LoRA A init and the head init of every worker.")
     min_workers: int = Field(1, ge=1, description="Workers that must have joined before round 1 starts.")
-    quorum: int | None = Field(
-        None, ge=1, description="Pushes that close a round early; None = every participant of the round."
-    )
+    quorum: int | None = Field(None, ge=1, description="Pushes that close a round early; None = every participant of the round.")
     round_deadline_s: float = Field(1800.0, gt=0, description="A round closes at this age even without quorum.")
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1024, le=4 << 20, description="Bytes per transfer chunk.")
     lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]

@@ -55,8 +55,7 @@ class ConfigError(FedtreeError):
 
 # gRPC status code -> error class, for clients that turn an RpcError back into a domain error.
 _BY_CODE: dict[grpc.StatusCode, type[FedtreeError]] = {
-    cls.code: cls
-    for cls in (InvalidArgument, FailedPrecondition, NotFound, Unauthenticated, PermissionDenied, Unavailable)
+    cls.code: cls for cls in (InvalidArgument, FailedPrecondition, NotFound, Unauthenticated, PermissionDenied, Unavailable)
 }
 
 

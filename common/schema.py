@@ -62,9 +62,7 @@ def schema_of(layers: dict[int, dict[str, torch.Tensor]]) -> Schema:
     }
 
 
-def validate_layer(
-    tensors: dict[str, torch.Tensor], expected: dict[str, TensorSpec], where: str
-) -> None:
+def validate_layer(tensors: dict[str, torch.Tensor], expected: dict[str, TensorSpec], where: str) -> None:
     """Reject tensors whose names, shapes or dtypes differ from `expected`, or that hold NaN/Inf."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -84,7 +82,4 @@ def validate_layer(
 
 def select(schema: Schema, upload: UploadSpec) -> Schema:
     """The part of the schema that a push under `upload` must carry."""
-    return {
-        layer: {name: spec for name, spec in schema[layer].items() if upload.wants(name)}
-        for layer in upload.layers
-    }
+    return {layer: {name: spec for name, spec in schema[layer].items() if upload.wants(name)} for layer in upload.layers}

@@ -94,7 +94,13 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         cluster_only=ft.cluster_only,
     )
     run = RunConfig(
-        strategy=msg.strategy, rounds=msg.rounds, seed=msg.seed, chunk_size=msg.chunk_size, lora=lora, train=train, fedtree=fedtree
+        strategy=msg.strategy,
+        rounds=msg.rounds,
+        seed=msg.seed,
+        chunk_size=msg.chunk_size,
+        lora=lora,
+        train=train,
+        fedtree=fedtree,
     )
     return msg.run_id, run
 

@@ -39,7 +39,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-rounds", type=int, default=2, help="fedtree: local-only rounds before the tree is built")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="run directory (wiped first)")
-    p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="extra run config, e.g. fedtree.warmup_rounds=2")
+    p.add_argument(
+        "--extra", action="append", default=[], metavar="KEY=VALUE", help="extra run config, e.g. fedtree.warmup_rounds=2"
+    )
     return p.parse_args(argv)
 
 
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with open(out / "logs" / "coordinator.log", "wb") as log:
         procs["coordinator"] = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "--config", str(cfg_path), "--port-file", str(port_file)], stdout=log, stderr=log, env=env
+            [sys.executable, "-m", "coordinator", "--config", str(cfg_path), "--port-file", str(port_file)],
+            stdout=log,
+            stderr=log,
+            env=env,
         )
     while not port_file.exists():
         if procs["coordinator"].poll() is not None:
@@ -124,8 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     for part in parts:
         wenv = {**env, "FEDTREE_WORKER__PROGRESS": "false", "FEDTREE_WORKER__NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "worker", "--coordinator", target, "--worker-id", part.client_id,
-               "--data-dir", str(out / "data" / part.client_id), "--output-dir", str(out / "workers" / part.client_id)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "worker",
+            "--coordinator",
+            target,
+            "--worker-id",
+            part.client_id,
+            "--data-dir",
+            str(out / "data" / part.client_id),
+            "--output-dir",
+            str(out / "workers" / part.client_id),
+        ]
         with open(out / "logs" / f"{part.client_id}.log", "wb") as log:
             procs[part.client_id] = subprocess.Popen(cmd, stdout=log, stderr=log, env=wenv)
     print(f"coordinator on {target}; logs in {out / 'logs'}")

@@ -75,7 +75,10 @@ class RoundEngine:
             dropped = store.discard_pushes(self.last_closed + 1)
             log.info(
                 "[Engine] resumed run %s after round %d (%d unclosed pushes of round %d will be re-requested)",
-                self.run_id, self.last_closed, dropped, self.last_closed + 1,
+                self.run_id,
+                self.last_closed,
+                dropped,
+                self.last_closed + 1,
             )
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
 
@@ -98,7 +101,13 @@ class RoundEngine:
                 self.store.put(fingerprint=req.fingerprint, layer_prefix=req.layer_prefix)
                 self.store.put_schema(req.schema)
                 self.strategy = create_strategy(self.run, req.schema)
-                log.info("[Engine] run %s fixed by %s: %d layers, fingerprint %s", self.run_id, req.worker_id, len(req.schema), req.fingerprint[:16])
+                log.info(
+                    "[Engine] run %s fixed by %s: %d layers, fingerprint %s",
+                    self.run_id,
+                    req.worker_id,
+                    len(req.schema),
+                    req.fingerprint[:16],
+                )
             self.store.upsert_worker(req.worker_id, req.num_train_examples)
             info = self.workers.get(req.worker_id)
             if info is None:
@@ -181,10 +190,17 @@ class RoundEngine:
         now = self.clock()
         nxt = self.last_closed + 1
         evaluating = nxt > self.run.rounds
-        self.current = RoundInfo(nxt if not evaluating else self.run.rounds, now, now + self.run.round_deadline_s, live, evaluating=evaluating)
+        self.current = RoundInfo(
+            nxt if not evaluating else self.run.rounds, now, now + self.run.round_deadline_s, live, evaluating=evaluating
+        )
         if not evaluating:
             self.strategy.begin_round(nxt, live)
-        log.info("[Engine] %s %d opened with %d participants", "evaluation of round" if evaluating else "round", self.current.round, len(live))
+        log.info(
+            "[Engine] %s %d opened with %d participants",
+            "evaluation of round" if evaluating else "round",
+            self.current.round,
+            len(live),
+        )
         self._cond.notify_all()
 
     def _close(self, cur: RoundInfo) -> None:
@@ -200,7 +216,13 @@ class RoundEngine:
                 cur.round, cur.started_at, sorted(cur.pushed), self.strategy.state(), {"strategy_meta": self.strategy.meta()}
             )
             self.last_closed = cur.round
-            log.info("[Engine] round %d closed: %d/%d pushes, checkpoint %s", cur.round, len(cur.pushed), len(cur.participants), path.name)
+            log.info(
+                "[Engine] round %d closed: %d/%d pushes, checkpoint %s",
+                cur.round,
+                len(cur.pushed),
+                len(cur.participants),
+                path.name,
+            )
         self._cond.notify_all()
 
     # -- transfers -----------------------------------------------------------------------------
@@ -249,7 +271,9 @@ class RoundEngine:
             self._check_round(header.worker_id, header.round)
             assert self.strategy is not None and cur is not None
             if header.worker_id in cur.pushed:
-                raise FailedPrecondition(f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})")
+                raise FailedPrecondition(
+                    f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})"
+                )
             # Record first: if the write fails, nothing has entered the sums.
             self.store.record_push(header.round, header.worker_id, header.upload_id, header.num_examples, header.metrics, nbytes)
             self.strategy.accumulate(header.worker_id, header.round, update, float(max(header.num_examples, 1)))
@@ -258,7 +282,15 @@ class RoundEngine:
             info.bytes_received += nbytes
             info.last_metrics = dict(header.metrics)
             info.activity = "idle"
-            log.info("[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d)", header.round, header.worker_id, len(update), nbytes, len(cur.pushed), len(cur.participants))
+            log.info(
+                "[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d)",
+                header.round,
+                header.worker_id,
+                len(update),
+                nbytes,
+                len(cur.pushed),
+                len(cur.participants),
+            )
             self._maybe_advance()
             self._cond.notify_all()
             return PushResult(True, header.round, len(update))

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
 from safetensors.torch import save_file
 
 from common.chunking import Role
 from common.errors import FailedPrecondition, NotFound
+from common.lora import peft_config
 from common.schema import is_lora_a
 from coordinator.engine import RoundEngine
 
@@ -64,13 +64,7 @@ def write_adapter(engine: RoundEngine, worker_id: str, out_dir: Path) -> Path:
     layers, mult = worker_layers(engine, worker_id)
     prefix = engine.store.get("layer_prefix") or ""
     lora = engine.run.lora
-    config = PeftLoraConfig(
-        r=lora.rank * mult,
-        lora_alpha=lora.alpha * mult,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-    )
+    config = peft_config(lora, mult)
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out_dir))
     tensors = {f"{prefix}{layer}.{name}": t.contiguous() for layer, named in layers.items() for name, t in named.items()}

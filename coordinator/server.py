@@ -51,7 +51,14 @@ class Coordinator:
         self._ticker.start()
         for service in ("", FEDERATION_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("[Coordinator] serving on %s:%d, run %s, strategy %s, state %s", self.config.host, self.port, self.engine.run_id, self.config.run.strategy, self.config.state_dir)
+        log.info(
+            "[Coordinator] serving on %s:%d, run %s, strategy %s, state %s",
+            self.config.host,
+            self.port,
+            self.engine.run_id,
+            self.config.run.strategy,
+            self.config.state_dir,
+        )
         return self.port
 
     def _tick(self) -> None:

@@ -84,7 +84,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.engine.add_bytes_sent(request.worker_id, sent)
 
     @rpc
-    def PushUpdate(self, request_iterator: Iterator[pb.PushUpdateRequest], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
+    def PushUpdate(
+        self, request_iterator: Iterator[pb.PushUpdateRequest], context: grpc.ServicerContext
+    ) -> pb.PushUpdateResponse:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "header":
             raise InvalidArgument("a push must start with a header message")

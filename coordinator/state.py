@@ -118,7 +118,9 @@ class StateStore:
         return {w: n for w, n in rows}
 
     # -- pushes and evaluations --------------------------------------------------------------
-    def record_push(self, round: int, worker_id: str, upload_id: str, num_examples: int, metrics: dict[str, float], nbytes: int) -> None:
+    def record_push(
+        self, round: int, worker_id: str, upload_id: str, num_examples: int, metrics: dict[str, float], nbytes: int
+    ) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -131,9 +133,7 @@ class StateStore:
             rows = self._db.execute(
                 "SELECT worker_id, upload_id, num_examples, metrics, bytes FROM pushes WHERE round = ?", (round,)
             ).fetchall()
-        return {
-            w: {"upload_id": u, "num_examples": n, "metrics": json.loads(m), "bytes": b} for w, u, n, m, b in rows
-        }
+        return {w: {"upload_id": u, "num_examples": n, "metrics": json.loads(m), "bytes": b} for w, u, n, m, b in rows}
 
     def discard_pushes(self, round: int) -> int:
         """Forget pushes of a round that was never closed (their sums died with the process)."""
@@ -202,7 +202,9 @@ class StateStore:
 
     def rounds(self) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT round, started_at, closed_at, participants, pushes, bytes FROM rounds ORDER BY round").fetchall()
+            rows = self._db.execute(
+                "SELECT round, started_at, closed_at, participants, pushes, bytes FROM rounds ORDER BY round"
+            ).fetchall()
         return [
             {"round": r, "started_at": s, "closed_at": c, "participants": json.loads(p), "pushes": n, "bytes": b}
             for r, s, c, p, n, b in rows

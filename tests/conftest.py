@@ -31,7 +31,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
         max_position_embeddings=128,
     )
     BertForSequenceClassification(config).save_pretrained(path)
@@ -74,7 +78,7 @@ def client_data(tmp_path: Path) -> Callable[[str, tuple[str, ...]], Path]:
 
 
 @pytest.fixture
-def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., "object"]]:
+def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start real coordinators on port 0; all are stopped at teardown."""
     from common.config import CoordinatorConfig, RunConfig
     from coordinator.server import Coordinator

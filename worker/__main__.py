@@ -34,7 +34,9 @@ def export_main(argv: list[str]) -> int:
     except FileNotFoundError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    out = export_adapter(state.lm, state.mixed, state.model_path, len(state.labels), state.run.lora, args.to or args.output_dir / "adapter")
+    out = export_adapter(
+        state.lm, state.mixed, state.model_path, len(state.labels), state.run.lora, args.to or args.output_dir / "adapter"
+    )
     print(f"wrote PEFT adapter of round {state.round} to {out}")
     return 0
 

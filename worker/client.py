@@ -55,14 +55,18 @@ class FederationClient:
                 if code not in RETRYABLE:
                     raise from_rpc_error(exc) from None
                 if time.monotonic() + delay > give_up:
-                    raise Unavailable(f"coordinator {self.target} unreachable for {self.retry_for_s:.0f} s during {what}: {exc.details()}") from None
+                    raise Unavailable(
+                        f"coordinator {self.target} unreachable for {self.retry_for_s:.0f} s during {what}: {exc.details()}"
+                    ) from None
                 sleep = random.uniform(0, delay)
                 log.warning("[Worker.%s] %s: %s; retrying in %.1f s", what, code.name if code else "?", exc.details(), sleep)
                 time.sleep(sleep)
                 delay = min(delay * 2, 30.0)
 
     def get_run(self) -> tuple[str, RunConfig]:
-        resp = self._call("GetRun", lambda: self.stub.GetRun(pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True))
+        resp = self._call(
+            "GetRun", lambda: self.stub.GetRun(pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True)
+        )
         return serde.run_from_proto(resp.run)
 
     def join(self, req: JoinRequest) -> int:
@@ -71,13 +75,17 @@ class FederationClient:
 
     def get_task(self, wait_s: float = 10.0) -> Task:
         req = pb.GetTaskRequest(worker_id=self.worker_id, wait_seconds=wait_s)
-        return serde.task_from_proto(self._call("GetTask", lambda: self.stub.GetTask(req, timeout=wait_s + 10, wait_for_ready=True)))
+        return serde.task_from_proto(
+            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=wait_s + 10, wait_for_ready=True))
+        )
 
     def pull(self, round: int) -> Pulled:
         """Stream this round's adapters; returns layer -> role -> tensors."""
 
         def fetch() -> Pulled:
-            stream = self.stub.PullAdapters(pb.PullAdaptersRequest(worker_id=self.worker_id, round=round), timeout=self.rpc_timeout_s)
+            stream = self.stub.PullAdapters(
+                pb.PullAdaptersRequest(worker_id=self.worker_id, round=round), timeout=self.rpc_timeout_s
+            )
             out: Pulled = {}
             chunks = (serde.chunk_from_proto(c) for c in stream)
             for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):

@@ -9,16 +9,17 @@ base model reproduces the worker's logits.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
 from common.config import LoraConfig
+from common.lora import peft_config
 from common.schema import is_lora_a
-from worker.model import HEAD_MODULES, LoraModel, split_param_name
 from worker.mixed import MixedExperts
+from worker.model import HEAD_MODULES, LoraModel, split_param_name
 
 Tensors = dict[str, torch.Tensor]
 
@@ -48,15 +49,7 @@ def export_adapter(
     layers, mult = personalised_layers(lm, mixed)
     base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
     heads = [h for h in HEAD_MODULES if hasattr(base, h)]
-    cfg = PeftLoraConfig(
-        r=lora.rank * mult,
-        lora_alpha=lora.alpha * mult,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        bias="none",
-        modules_to_save=heads or None,
-    )
-    model = get_peft_model(base, cfg)
+    model: Any = get_peft_model(base, peft_config(lora, mult, modules_to_save=heads or None))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_" in name:

@@ -10,11 +10,13 @@ Only the cluster expert and theta train; the external expert is frozen.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from peft import LoraConfig as PeftLoraConfig
 
 from common.chunking import Role
 from common.config import LoraConfig
+from common.lora import peft_config
 from worker.model import LoraModel, split_param_name
 
 EXTERNAL = "external"
@@ -24,11 +26,9 @@ Tensors = dict[str, torch.Tensor]
 class MixedExperts:
     def __init__(self, lm: LoraModel, lora: LoraConfig) -> None:
         self.lm = lm
-        cfg = PeftLoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
-        )
-        lm.model.add_adapter(EXTERNAL, cfg)
-        lm.model.base_model.set_adapter(["default", EXTERNAL])
+        model: Any = lm.model  # peft's dynamic attributes defeat nn.Module typing
+        model.add_adapter(EXTERNAL, peft_config(lora))
+        model.base_model.set_adapter(["default", EXTERNAL])
         head = {id(p) for p in lm.head_parameters()}
         head_trainable = {id(p): p.requires_grad for p in lm.head_parameters()}
         self.external: dict[int, dict[str, torch.nn.Parameter]] = {}

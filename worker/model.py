@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from common.config import LoraConfig
 from common.errors import ConfigError
+from common.lora import peft_config
 from common.schema import is_lora_a
 
 Tensors = dict[str, torch.Tensor]
@@ -106,10 +106,7 @@ def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, 
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
     base_digest = _digest_base(base)
-    peft_cfg = PeftLoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), bias="none"
-    )
-    model = get_peft_model(base, peft_cfg)
+    model = get_peft_model(base, peft_config(lora))
     params: dict[int, dict[str, torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if "lora_" in name:
@@ -159,7 +156,7 @@ def seeded_init(lm: LoraModel, seed: int) -> None:
 def _digest_base(model: torch.nn.Module) -> str:
     """sha256 of the base config and every non-head weight: same digest <=> same base model."""
     h = hashlib.sha256()
-    cfg = model.config.to_dict()
+    cfg = getattr(model, "config").to_dict()  # noqa: B009 - nn.Module attribute typing
     for volatile in ("num_labels", "id2label", "label2id", "_name_or_path", "transformers_version", "architectures"):
         cfg.pop(volatile, None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())

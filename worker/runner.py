@@ -17,8 +17,8 @@ from common.config import RunConfig, WorkerConfig
 from common.errors import FailedPrecondition, FedtreeError, InvalidArgument
 from common.schema import UploadSpec, schema_of, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
-from worker.client import FederationClient, Pulled
 from worker.checkpoint import resume, save_checkpoint
+from worker.client import FederationClient, Pulled
 from worker.export import export_adapter
 from worker.local_data import LocalData, load_local_data
 from worker.mixed import MixedExperts
@@ -65,7 +65,14 @@ class Worker:
         )
         log.info(
             "[Worker] %s joined run %s (strategy %s, round %d): %d train / %d val examples, %d labels, %d LoRA layers",
-            self.config.worker_id, run_id, run.strategy, current, len(self.data.train), len(self.data.val), len(self.data.labels), len(schema),
+            self.config.worker_id,
+            run_id,
+            run.strategy,
+            current,
+            len(self.data.train),
+            len(self.data.val),
+            len(self.data.labels),
+            len(schema),
         )
 
     # -- main loop -----------------------------------------------------------------------------
@@ -124,8 +131,14 @@ class Worker:
         seed = zlib.crc32(f"{self.run.seed}/{task.round}/{self.config.worker_id}".encode())  # stable across processes
         extra = [(self.mixed.theta_parameters(), self.run.fedtree.theta_lr)] if self.mixed else []
         metrics = train_local(
-            self.lm, self.data.train, self.data.label_ids, self.run.train, seed,
-            desc=f"{self.config.worker_id} round {task.round}", progress=self.config.progress, extra_groups=extra,
+            self.lm,
+            self.data.train,
+            self.data.label_ids,
+            self.run.train,
+            seed,
+            desc=f"{self.config.worker_id} round {task.round}",
+            progress=self.config.progress,
+            extra_groups=extra,
         )
         if self.mixed:
             metrics.update({f"lambda_{layer}": lam for layer, lam in self.mixed.lams().items()})
@@ -137,7 +150,13 @@ class Worker:
         result = self.client.push(header, self.update_for(upload), self.run.chunk_size)
         self._log_metrics({"round": task.round, "kind": "train", **metrics})
         self.save_adapter(task.round, export=task.round == self.run.rounds)
-        log.info("[Worker] round %d pushed %d layers (train loss %.3f, local val acc %.3f)", task.round, result.layers_received, metrics["train_loss"], local.get("accuracy", float("nan")))
+        log.info(
+            "[Worker] round %d pushed %d layers (train loss %.3f, local val acc %.3f)",
+            task.round,
+            result.layers_received,
+            metrics["train_loss"],
+            local.get("accuracy", float("nan")),
+        )
         self.activity = "idle"
 
     def apply(self, round: int, pulled: Pulled) -> None:

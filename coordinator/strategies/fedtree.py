@@ -160,8 +160,8 @@ class FedTree(Strategy):
         self.assignment = {int(layer): {w: int(c) for w, c in a.items()} for layer, a in meta["assignment"].items()}
         means: dict[tuple[int, int], Tensors] = {}
         for key, tensor in tensors.items():
-            _, layer, cluster, name = key.split("/", 3)
-            means.setdefault((int(layer), int(cluster)), {})[name] = tensor
+            _, layer_id, cluster_id, name = key.split("/", 3)
+            means.setdefault((int(layer_id), int(cluster_id)), {})[name] = tensor
         self.experts = ClusterSums()
         for (layer, cluster), mean in sorted(means.items()):
             self.experts.add(layer, cluster, mean, float(meta["weights"][str(layer)][str(cluster)]))

@@ -46,7 +46,9 @@ def chunks_of(update: dict[int, dict[str, torch.Tensor]], round: int = 1) -> lis
     return out
 
 
-def push(stub: pb_grpc.FederationStub, chunks: list[ChunkData], round: int = 1, worker: str = "w", upload: str = "u1") -> pb.PushUpdateResponse:
+def push(
+    stub: pb_grpc.FederationStub, chunks: list[ChunkData], round: int = 1, worker: str = "w", upload: str = "u1"
+) -> pb.PushUpdateResponse:
     def requests() -> Iterator[pb.PushUpdateRequest]:
         yield serde.push_header_to_proto(PushHeader(worker, round, upload, 10, {"train_loss": 1.0}))
         for chunk in chunks:
@@ -81,7 +83,11 @@ CASES: dict[str, tuple[Callable[[], list[ChunkData]], grpc.StatusCode, str]] = {
     "out of order": (lambda: swap_first_two(chunks_of(good_update())), grpc.StatusCode.INVALID_ARGUMENT, "out of order"),
     "sha256 mismatch": (lambda: flip_byte(chunks_of(good_update())), grpc.StatusCode.INVALID_ARGUMENT, "sha256"),
     "truncated": (lambda: chunks_of(good_update())[:-1], grpc.StatusCode.INVALID_ARGUMENT, "stream ended"),
-    "unexpected name": (lambda: with_tensor("attn.k.lora_A.weight", torch.ones(4, 32)), grpc.StatusCode.INVALID_ARGUMENT, "unexpected tensor names"),
+    "unexpected name": (
+        lambda: with_tensor("attn.k.lora_A.weight", torch.ones(4, 32)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unexpected tensor names",
+    ),
     "wrong shape": (lambda: with_tensor(A, torch.ones(4, 31)), grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     "wrong dtype": (lambda: with_tensor(A, torch.ones(4, 32, dtype=torch.float16)), grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
     "nan": (lambda: with_tensor(B, torch.full((32, 4), float("nan"))), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
@@ -159,5 +165,7 @@ def test_health_service_reports_serving(rig) -> None:  # type: ignore[no-untyped
 
     coord, _ = rig
     with grpc.insecure_channel(f"127.0.0.1:{coord.port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="fedtree.v1.Federation"), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="fedtree.v1.Federation"), timeout=5
+        )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -69,7 +69,7 @@ def test_fedit_two_workers_two_rounds(coordinator_factory, tiny_model_dir, clien
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
         assert "modules_to_save" in (adapter / "adapter_config.json").read_text()
     # Heads are local: different label counts, never aggregated.
-    assert workers[0].lm.head_state() .keys() == workers[1].lm.head_state().keys()
+    assert workers[0].lm.head_state().keys() == workers[1].lm.head_state().keys()
     assert (Path(engine.store.checkpoints) / "round-00002.safetensors").exists()
 
 

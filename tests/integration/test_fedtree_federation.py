@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 from peft import PeftModel
+from test_federation import TRAIN, _run_all, _worker
 from transformers import AutoModelForSequenceClassification
 
 from coordinator.engine import RoundEngine
 from coordinator.state import StateStore
-from test_federation import TRAIN, _run_all, _worker
 from worker.runner import EXIT_OK
 
 FEDTREE = {"warmup_rounds": 2, "tau": -1.0}  # tau=-1: split wherever the silhouette is positive
@@ -17,9 +17,7 @@ FEDTREE = {"warmup_rounds": 2, "tau": -1.0}  # tau=-1: split wherever the silhou
 def test_fedtree_four_workers(coordinator_factory, tiny_model_dir, client_data, tmp_path):
     coord = coordinator_factory(strategy="fedtree", rounds=4, min_workers=4, train=TRAIN, fedtree=FEDTREE)
     labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
-    workers = [
-        _worker(coord, tiny_model_dir, client_data(f"t{i}", labels[i]), tmp_path / f"o{i}", f"t{i}") for i in range(4)
-    ]
+    workers = [_worker(coord, tiny_model_dir, client_data(f"t{i}", labels[i]), tmp_path / f"o{i}", f"t{i}") for i in range(4)]
     assert _run_all(workers) == [EXIT_OK] * 4
     engine = coord.engine
     strategy = engine.strategy

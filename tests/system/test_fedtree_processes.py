@@ -20,9 +20,29 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.minilm
 def test_fedtree_four_worker_processes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "coordinator.demo", "--strategy", "fedtree", "--workers", "4", "--rounds", "4",
-           "--warmup-rounds", "2", "--train-size", "32", "--val-size", "16", "--local-epochs", "1",
-           "--tasks", "bbc_news,wordnet_pos", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordinator.demo",
+        "--strategy",
+        "fedtree",
+        "--workers",
+        "4",
+        "--rounds",
+        "4",
+        "--warmup-rounds",
+        "2",
+        "--train-size",
+        "32",
+        "--val-size",
+        "16",
+        "--local-epochs",
+        "1",
+        "--tasks",
+        "bbc_news,wordnet_pos",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "logs" / "coordinator.log").read_text()
     assert "client tree built after round 2" in proc.stdout and "per-layer cluster counts" in proc.stdout
@@ -41,7 +61,9 @@ def test_fedtree_four_worker_processes(tmp_path: Path) -> None:
     from worker.model import default_model_path
 
     labels = read_partition_meta(out / "data" / "client-0")["labels"]
-    base = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=len(labels), ignore_mismatched_sizes=True)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        default_model_path(), num_labels=len(labels), ignore_mismatched_sizes=True
+    )
     model = PeftModel.from_pretrained(base, str(out / "workers" / "client-0" / "adapter")).eval()
     assert model.peft_config["default"].r == 16  # rank 2r: cluster and external experts side by side
     with torch.no_grad():

@@ -19,8 +19,25 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.minilm
 def test_two_worker_processes_two_rounds_on_minilm(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "coordinator.demo", "--workers", "2", "--rounds", "2", "--train-size", "48",
-           "--val-size", "24", "--local-epochs", "1", "--tasks", "bbc_news", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordinator.demo",
+        "--workers",
+        "2",
+        "--rounds",
+        "2",
+        "--train-size",
+        "48",
+        "--val-size",
+        "24",
+        "--local-epochs",
+        "1",
+        "--tasks",
+        "bbc_news",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "logs" / "coordinator.log").read_text()
     assert "demo finished in" in proc.stdout

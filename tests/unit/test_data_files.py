@@ -9,7 +9,7 @@ import pytest
 
 from worker.data import Example, read_examples, write_jsonl
 
-EXAMPLES = [Example("hello world", "a"), Example("ünïcödé, \"quoted\"\nnewline", "b"), Example("x", "a")]
+EXAMPLES = [Example("hello world", "a"), Example('ünïcödé, "quoted"\nnewline', "b"), Example("x", "a")]
 
 
 def test_jsonl_round_trip(tmp_path: Path) -> None:

@@ -152,4 +152,6 @@ def test_rebuild_every_rebuilds_from_that_rounds_uploads() -> None:
     assert s.built_round == 4
     assert s.clusters()[-1] == [["w0", "w1"], ["w2", "w3"]]
     deep = LAYERS - 1
-    torch.testing.assert_close(by_role(s, "w0", 5)[(deep, Role.CLUSTER)][B], (planted("w2")[deep][B] + planted("w3")[deep][B]) / 2)
+    torch.testing.assert_close(
+        by_role(s, "w0", 5)[(deep, Role.CLUSTER)][B], (planted("w2")[deep][B] + planted("w3")[deep][B]) / 2
+    )

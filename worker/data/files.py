@@ -18,18 +18,14 @@ __all__ = ["SUPPORTED_EXTENSIONS", "read_examples", "write_jsonl"]
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jsonl", ".csv")
 
 
-def _to_example(
-    row: Mapping[str, Any], path: Path, line_no: int, text_field: str, label_field: str
-) -> Example:
+def _to_example(row: Mapping[str, Any], path: Path, line_no: int, text_field: str, label_field: str) -> Example:
     """Build an :class:`Example` from a parsed row, naming file/line/field on error."""
     for field in (text_field, label_field):
         if row.get(field) is None:
             raise ValueError(f"{path}: line {line_no}: missing field {field!r}")
     text = row[text_field]
     if not isinstance(text, str):
-        raise ValueError(
-            f"{path}: line {line_no}: field {text_field!r} must be a string, got {type(text).__name__}"
-        )
+        raise ValueError(f"{path}: line {line_no}: field {text_field!r} must be a string, got {type(text).__name__}")
     return Example(text=text, label=str(row[label_field]))
 
 
@@ -75,9 +71,7 @@ def read_examples(path: Path, text_field: str = "text", label_field: str = "labe
     elif suffix == ".csv":
         examples = _read_csv(path, text_field, label_field)
     else:
-        raise ValueError(
-            f"{path}: unsupported file extension {path.suffix!r}; expected one of {', '.join(SUPPORTED_EXTENSIONS)}"
-        )
+        raise ValueError(f"{path}: unsupported file extension {path.suffix!r}; expected one of {', '.join(SUPPORTED_EXTENSIONS)}")
     logger.debug("read %d examples from %s", len(examples), path)
     return examples
 

@@ -96,8 +96,8 @@ def _take(pools: list[list[Example]], counts: np.ndarray, rng: np.random.Generat
     """Pop ``counts[j]`` examples from each (pre-shuffled) label pool and shuffle them."""
     picked: list[Example] = []
     for pool, count in zip(pools, counts.tolist()):
-        picked.extend(pool[len(pool) - count:])
-        del pool[len(pool) - count:]
+        picked.extend(pool[len(pool) - count :])
+        del pool[len(pool) - count :]
     return [picked[i] for i in rng.permutation(len(picked))]
 
 
@@ -144,8 +144,7 @@ def partition_federation(
         for ex in corpus:
             by_label[ex.label].append(ex)
         pools[task] = [[group[i] for i in rng.permutation(len(group))] for group in by_label.values()]
-        logger.info("task %s: %d examples, %d labels, %d client(s)", task, len(corpus), len(labels[task]),
-                    demand[task])
+        logger.info("task %s: %d examples, %d labels, %d client(s)", task, len(corpus), len(labels[task]), demand[task])
 
     partitions: list[ClientPartition] = []
     for index, task in enumerate(assignment):

@@ -39,9 +39,7 @@ def _tasks(value: str) -> list[str]:
     tasks = [t.strip() for t in value.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in CORPORA]
     if not tasks or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown or empty task(s) {unknown or value!r}; valid: {', '.join(sorted(CORPORA))}"
-        )
+        raise argparse.ArgumentTypeError(f"unknown or empty task(s) {unknown or value!r}; valid: {', '.join(sorted(CORPORA))}")
     return tasks
 
 
