@@ -69,6 +69,9 @@ class RunConfig(_Frozen):
     min_workers: int = Field(1, ge=1, description="Workers that must have joined before round 1 starts.")
     quorum: int | None = Field(None, ge=1, description="Pushes that close a round early; None = every participant of the round.")
     round_deadline_s: float = Field(1800.0, gt=0, description="A round closes at this age even without quorum.")
+    fedper_shared_layers: int | None = Field(
+        None, ge=0, description="fedper: the first L_s layers are shared; None = half of the layers."
+    )
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1024, le=4 << 20, description="Bytes per transfer chunk.")
     lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]

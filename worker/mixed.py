@@ -23,40 +23,62 @@ EXTERNAL = "external"
 Tensors = dict[str, torch.Tensor]
 
 
-class MixedExperts:
+class TwoAdapters:
+    """The worker's own adapter (peft "default", trainable as before) plus a frozen second peft
+    adapter "external", both active. Subclasses decide how the two outputs are weighted."""
+
     def __init__(self, lm: LoraModel, lora: LoraConfig) -> None:
         self.lm = lm
         model: Any = lm.model  # peft's dynamic attributes defeat nn.Module typing
+        trainable = {name: p.requires_grad for name, p in lm.model.named_parameters()}
         model.add_adapter(EXTERNAL, peft_config(lora))
-        model.base_model.set_adapter(["default", EXTERNAL])
-        head = {id(p) for p in lm.head_parameters()}
-        head_trainable = {id(p): p.requires_grad for p in lm.head_parameters()}
+        model.base_model.set_adapter(["default", EXTERNAL])  # (peft marks both trainable: undone below)
         self.external: dict[int, dict[str, torch.nn.Parameter]] = {}
         for name, param in lm.model.named_parameters():
             if f".{EXTERNAL}." in name:
                 layer, rel = split_param_name(name.replace(f".{EXTERNAL}.", ".default.")) or (-1, "")
                 self.external.setdefault(layer, {})[rel] = param
                 param.requires_grad_(False)
-            elif "lora_" in name:
-                param.requires_grad_(True)
-            elif id(param) in head:
-                param.requires_grad_(head_trainable[id(param)])
+            else:
+                param.requires_grad_(trainable[name])
         with torch.no_grad():
             for named in self.external.values():
                 for param in named.values():
                     param.zero_()
+        self._hooks: list[Any] = []
+
+    def lora_modules(self) -> list[tuple[int, str, Any]]:
+        """(layer, name, peft LoRA layer) for every adapted module."""
+        out = []
+        for name, module in self.lm.model.named_modules():
+            if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
+                where = split_param_name(name + ".x")
+                if where is not None:
+                    out.append((where[0], name, module))
+        return out
+
+    @torch.no_grad()
+    def load_external(self, layer: int, tensors: Tensors | None) -> None:
+        """Set (or, with None, zero) the frozen external adapter of a layer."""
+        for name, param in self.external[layer].items():
+            if tensors is None:
+                param.zero_()
+            else:
+                param.copy_(tensors[name].to(param.dtype))
+
+    def external_layers(self) -> dict[int, Tensors]:
+        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.external.items()}
+
+
+class MixedExperts(TwoAdapters):
+    def __init__(self, lm: LoraModel, lora: LoraConfig) -> None:
+        super().__init__(lm, lora)
         self.theta = torch.nn.ParameterDict({str(layer): torch.nn.Parameter(torch.zeros(())) for layer in lm.params})
         lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
         self.pinned: set[int] = set(lm.params)  # lam = 1 until an external expert arrives
-        self._hooks = []
-        for name, module in lm.model.named_modules():
-            if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
-                where = split_param_name(name + ".x")
-                if where is None:
-                    continue
-                layer = where[0]
-                self._hooks.append(module.lora_B["default"].register_forward_hook(self._scale(layer, cluster=True)))
-                self._hooks.append(module.lora_B[EXTERNAL].register_forward_hook(self._scale(layer, cluster=False)))
+        for layer, _, module in self.lora_modules():
+            self._hooks.append(module.lora_B["default"].register_forward_hook(self._scale(layer, cluster=True)))
+            self._hooks.append(module.lora_B[EXTERNAL].register_forward_hook(self._scale(layer, cluster=False)))
 
     def lam(self, layer: int) -> torch.Tensor:
         if layer in self.pinned:
@@ -86,14 +108,8 @@ class MixedExperts:
         self.lm.load_layers({layer: roles[Role.CLUSTER] for layer, roles in pulled.items() if Role.CLUSTER in roles})
         for layer in self.lm.params:
             external = pulled.get(layer, {}).get(Role.EXTERNAL)
+            self.load_external(layer, external or None)
             if external:
-                for name, tensor in external.items():
-                    self.external[layer][name].copy_(tensor.to(self.external[layer][name].dtype))
                 self.pinned.discard(layer)
             else:
-                for param in self.external[layer].values():
-                    param.zero_()
                 self.pinned.add(layer)
-
-    def external_layers(self) -> dict[int, Tensors]:
-        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.external.items()}

@@ -15,11 +15,12 @@ import torch
 from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
 from common.errors import FailedPrecondition, FedtreeError, InvalidArgument
-from common.schema import UploadSpec, schema_of, validate_layer
+from common.schema import UploadSpec, is_lora_a, schema_of, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from worker.checkpoint import resume, save_checkpoint
 from worker.client import FederationClient, Pulled
 from worker.export import export_adapter
+from worker.fedalt import RestOfWorldMixer
 from worker.local_data import LocalData, load_local_data
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model, default_model_path
@@ -45,6 +46,7 @@ class Worker:
         self.run: RunConfig | None = None
         self.model_path: Path | None = None
         self.mixed: MixedExperts | None = None  # FedTreeLoRA's cluster/external mix, after warmup
+        self.alt: RestOfWorldMixer | None = None  # FedALT's own + rest-of-world mix
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -55,6 +57,11 @@ class Worker:
             torch.set_num_threads(self.config.num_threads)
         self.model_path = Path(self.config.model_path or default_model_path())
         self.lm = build_model(self.model_path, len(self.data.labels), run.lora, run.seed, run.train.train_head)
+        if run.strategy == "ffa":  # FFA-LoRA: A stays at the shared seeded init
+            for named in self.lm.params.values():
+                for name, param in named.items():
+                    if is_lora_a(name):
+                        param.requires_grad_(False)
         schema = schema_of(self.lm.layers())
         resumed = resume(self.lm, self.out, run)
         if resumed is not None:
@@ -172,7 +179,11 @@ class Worker:
                 if unknown:
                     raise InvalidArgument(f"pulled layer {layer} {role.name.lower()}: unexpected tensors {unknown}")
                 validate_layer(tensors, {n: own[layer][n] for n in tensors}, f"pulled layer {layer} {role.name.lower()}")
-        if self.run.strategy == "fedtree" and round > self.run.fedtree.warmup_rounds:
+        if self.run.strategy == "fedalt":
+            if self.alt is None:
+                self.alt = RestOfWorldMixer(self.lm, self.run.lora)
+            self.alt.load(pulled)
+        elif self.run.strategy == "fedtree" and round > self.run.fedtree.warmup_rounds:
             if self.mixed is None:
                 self.mixed = MixedExperts(self.lm, self.run.lora)
                 log.info("[Worker] round %d: switching to mixed cluster/external experts", round)

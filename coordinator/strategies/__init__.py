@@ -6,14 +6,18 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.schema import Schema
 from coordinator.strategies.base import Download, Strategy
+from coordinator.strategies.fedalt import FedALT
 from coordinator.strategies.fedit import FedIT
+from coordinator.strategies.fedper import FedPer
+from coordinator.strategies.fedsa import FedSA
 from coordinator.strategies.fedtree import FedTree
+from coordinator.strategies.ffa import FFA
+from coordinator.strategies.flat import Flat
+from coordinator.strategies.indep import Indep
 from coordinator.strategies.local import Local
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    FedIT.name: FedIT,
-    Local.name: Local,
-    FedTree.name: FedTree,
+    cls.name: cls for cls in (Local, FedIT, FFA, FedSA, FedPer, FedALT, Flat, Indep, FedTree)
 }
 
 

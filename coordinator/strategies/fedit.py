@@ -1,7 +1,7 @@
 """FedIT: FedAvg on LoRA.
 
-Trains A and B locally; uploads A and B of every layer; every worker uses the example-weighted
-mean A and mean B of all workers (its classifier head stays local).
+Trains: A and B. Uploads: A and B of every layer.
+Uses: the example-weighted mean A and mean B of all workers (its classifier head stays local).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ The tree, cuts and clusters are rebuilt after warmup (and every `rebuild_every` 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch
 from common.chunking import Role
 from common.schema import UploadSpec
 from coordinator.strategies.base import Download, LayerTensors, Strategy
-from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, global_distance, layer_distances, stack_b
+from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
 from coordinator.tree.render import dendrogram, layer_groups
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ Tensors = dict[str, torch.Tensor]
 
 class FedTree(Strategy):
     name = "fedtree"
+    # Whether workers also get the external (rest-of-world) expert; clustered baselines do not.
+    mixes_external: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,7 +57,7 @@ class FedTree(Strategy):
         return UploadSpec(self.all_layers(), lora_a=True, lora_b=True)
 
     def downloads(self, worker_id: str, round: int) -> list[Download]:
-        if self.tree is None or round <= self.cfg.warmup_rounds:
+        if not self.assignment or round <= self.cfg.warmup_rounds:
             return []
         out: list[Download] = []
         for layer in self.all_layers():
@@ -65,7 +67,7 @@ class FedTree(Strategy):
                 out.append(Download(layer, Role.CLUSTER, f"all@{layer}", self._mean_all(layer)))
                 continue
             out.append(Download(layer, Role.CLUSTER, f"c{cut}.{cluster}", self.experts.cluster_mean(layer, cluster)))
-            external = None if self.cfg.cluster_only else self.experts.external_mean(layer, cluster)
+            external = self.experts.external_mean(layer, cluster) if self.mixes_external and not self.cfg.cluster_only else None
             if external is not None:
                 out.append(Download(layer, Role.EXTERNAL, f"x{cut}.{cluster}", external))
         return out
@@ -98,24 +100,31 @@ class FedTree(Strategy):
     def _build(self, round: int) -> None:
         workers = sorted(self._uploads)
         per_client = [self._uploads[w][0] for w in workers]
-        Dl = layer_distances(stack_b(per_client), metric=self.cfg.metric)
-        tree = build_tree(global_distance(Dl).numpy(), workers, self.cfg.linkage)
-        if self.cfg.fixed_k is not None:
-            cuts = [min(self.cfg.fixed_k, len(workers))] * len(Dl)
-        else:
-            cuts = choose_cuts(tree, Dl.numpy(), K=self.cfg.window, tau=self.cfg.tau).cuts
-        self.tree, self.cuts, self.built_round = tree, cuts, round
+        Dl = layer_distances(stack_b(per_client), metric=self.cfg.metric).numpy()
+        labels = self._assign(workers, Dl)
+        self.built_round = round
+        self.cuts = [int(lab.max()) + 1 for lab in labels]
         self.assignment = {
-            layer: dict(zip(workers, (int(c) for c in tree.partition(cuts[layer])), strict=True)) for layer in self.all_layers()
+            layer: dict(zip(workers, (int(c) for c in labels[i]), strict=True)) for i, layer in enumerate(self.all_layers())
         }
         self.experts = ClusterSums()
         for worker in workers:
             update, weight = self._uploads[worker]
             for layer, tensors in update.items():
                 self.experts.add(layer, self.assignment[layer][worker], tensors, weight)
-        log.info("[FedTree] tree built after round %d over %d workers; cuts per layer %s", round, len(workers), cuts)
-        for line in dendrogram(tree) + layer_groups(self.clusters()):
-            log.info("[FedTree] %s", line)
+        log.info("[%s] clusters built after round %d over %d workers; per layer %s", self.name, round, len(workers), self.cuts)
+        for line in (dendrogram(self.tree) if self.tree else []) + layer_groups(self.clusters()):
+            log.info("[%s] %s", self.name, line)
+
+    def _assign(self, workers: list[str], Dl: np.ndarray) -> list[np.ndarray]:
+        """Cluster labels per layer (shallow to deep): the global tree cut per layer."""
+        tree = build_tree(Dl.mean(axis=0), workers, self.cfg.linkage)
+        if self.cfg.fixed_k is not None:
+            cuts = [min(self.cfg.fixed_k, len(workers))] * len(Dl)
+        else:
+            cuts = choose_cuts(tree, Dl, K=self.cfg.window, tau=self.cfg.tau).cuts
+        self.tree = tree
+        return [tree.partition(c) for c in cuts]
 
     def clusters(self) -> list[list[list[str]]]:
         """Per layer, the clusters as sorted lists of worker ids (in cluster id order)."""
@@ -152,9 +161,9 @@ class FedTree(Strategy):
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
         meta = meta or {}
-        if not meta.get("tree"):
+        if not meta.get("assignment"):
             return
-        self.tree = ClientTree.from_dict(meta["tree"])
+        self.tree = ClientTree.from_dict(meta["tree"]) if meta.get("tree") else None
         self.cuts = [int(c) for c in meta["cuts"]]
         self.built_round = int(meta["built_round"])
         self.assignment = {int(layer): {w: int(c) for w, c in a.items()} for layer, a in meta["assignment"].items()}
@@ -165,6 +174,3 @@ class FedTree(Strategy):
         self.experts = ClusterSums()
         for (layer, cluster), mean in sorted(means.items()):
             self.experts.add(layer, cluster, mean, float(meta["weights"][str(layer)][str(cluster)]))
-
-    def cluster_counts(self) -> list[int]:
-        return [int(np.max(list(a.values())) + 1) if a else 0 for _, a in sorted(self.assignment.items())]

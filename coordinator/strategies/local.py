@@ -1,7 +1,7 @@
 """Local: no federation (the lower baseline).
 
-Trains A and B locally; uploads nothing (a push carries only its example count and metrics);
-every worker uses its own adapter.
+Trains: A and B, locally. Uploads: nothing (a push carries only its example count and metrics).
+Uses: its own adapter.
 """
 
 from __future__ import annotations
