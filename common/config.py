@@ -78,6 +78,21 @@ class RunConfig(_Frozen):
     fedtree: FedTreeConfig = Field(default_factory=FedTreeConfig)  # type: ignore[arg-type]
 
 
+class ServerTlsConfig(_Frozen):
+    cert: Path = Field(description="PEM certificate chain of the coordinator.")
+    key: Path = Field(description="PEM private key of the coordinator.")
+    client_ca: Path | None = Field(
+        None, description="CA that signs worker certificates; set = mutual TLS, a certificate's common name is its worker id."
+    )
+
+
+class ClientTlsConfig(_Frozen):
+    ca: Path = Field(description="PEM CA certificate that signed the coordinator's certificate.")
+    cert: Path | None = Field(None, description="PEM client certificate (common name = worker id) for mutual TLS.")
+    key: Path | None = Field(None, description="PEM private key of the client certificate.")
+    server_name: str | None = Field(None, description="Expected name in the coordinator's certificate, if not the host dialled.")
+
+
 class CoordinatorConfig(_Frozen):
     host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -86,6 +101,14 @@ class CoordinatorConfig(_Frozen):
     expected_fingerprint: str | None = Field(
         None, description="Pin the run's model fingerprint; None = the first worker to join fixes it."
     )
+    tls: ServerTlsConfig | None = Field(None, description="TLS for the gRPC server; None needs insecure: true.")
+    insecure: bool = Field(False, description="Serve plaintext gRPC. Only for loopback demos and tests.")
+    worker_token: str | None = Field(
+        None, description="Shared secret workers must present (authorization: Bearer); None = workers unauthenticated."
+    )
+    admin_token: str | None = Field(None, description="Secret for the Admin API and CLI; None = the Admin API is disabled.")
+    dashboard_port: int | None = Field(None, ge=0, le=65535, description="Serve the web dashboard on this port; None = off.")
+    dashboard_host: str = Field("127.0.0.1", description="Interface the dashboard binds.")
     max_blob_bytes: int = Field(256 << 20, ge=1024, description="Largest accepted per-layer blob.")
     long_poll_s: float = Field(10.0, gt=0, description="Longest a GetTask call is held when there is nothing to do.")
     worker_lost_after_s: float = Field(120.0, gt=0, description="A worker with no call for this long is 'lost'.")
@@ -114,6 +137,9 @@ class WorkerConfig(_Frozen):
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     output_dir: Path = Field(Path("fedtree-worker"), description="Where the worker keeps its adapter and metrics.")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default.")
+    token: str | None = Field(None, description="The run's worker token, if the coordinator requires one.")
+    tls: ClientTlsConfig | None = Field(None, description="TLS to the coordinator; None needs insecure: true.")
+    insecure: bool = Field(False, description="Dial the coordinator in plaintext. Only for loopback demos and tests.")
     connect_timeout_s: float = Field(600.0, gt=0, description="Give up when the coordinator stays unreachable this long.")
     heartbeat_s: float = Field(10.0, gt=0, description="Heartbeat period, independent of training.")
     progress: bool = Field(True, description="Show tqdm progress bars.")

@@ -38,6 +38,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=64)
     p.add_argument("--warmup-rounds", type=int, default=2, help="fedtree: local-only rounds before the tree is built")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", type=int, default=0, help="coordinator gRPC port (0 = any free port)")
+    p.add_argument("--dashboard-port", type=int, default=None, help="serve the web dashboard on this port")
+    p.add_argument("--admin-token", default="demo-admin", help="token for `fedtree admin` against this demo")
+    p.add_argument("--linger", type=float, default=3.0, help="seconds the coordinator keeps serving after the run")
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="run directory (wiped first)")
     p.add_argument(
         "--extra", action="append", default=[], metavar="KEY=VALUE", help="extra run config, e.g. fedtree.warmup_rounds=2"
@@ -69,7 +73,16 @@ def _coordinator_config(args: argparse.Namespace, state_dir: Path) -> dict:
     for item in args.extra:
         key, _, raw = item.partition("=")
         _set(run, key, yaml.safe_load(raw))
-    return {"port": 0, "state_dir": str(state_dir), "linger_s": 3, "run": run}
+    return {
+        "port": args.port,
+        "host": "127.0.0.1",
+        "insecure": True,  # a loopback demo; real deployments use TLS (see README, Deploy)
+        "state_dir": str(state_dir),
+        "linger_s": args.linger,
+        "admin_token": args.admin_token,
+        "dashboard_port": args.dashboard_port,
+        "run": run,
+    }
 
 
 def _table(evals: dict[int, dict[str, dict[str, float]]], workers: list[str]) -> list[str]:
@@ -128,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     target = f"127.0.0.1:{port_file.read_text()}"
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     for part in parts:
-        wenv = {**env, "FEDTREE_WORKER__PROGRESS": "false", "FEDTREE_WORKER__NUM_THREADS": str(threads)}
+        wenv = {
+            **env,
+            "FEDTREE_WORKER__PROGRESS": "false",
+            "FEDTREE_WORKER__NUM_THREADS": str(threads),
+            "FEDTREE_WORKER__INSECURE": "true",
+        }
         cmd = [
             sys.executable,
             "-m",
@@ -145,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(out / "logs" / f"{part.client_id}.log", "wb") as log:
             procs[part.client_id] = subprocess.Popen(cmd, stdout=log, stderr=log, env=wenv)
     print(f"coordinator on {target}; logs in {out / 'logs'}")
+    print(f"inspect it: fedtree admin tree --coordinator {target} --token {args.admin_token}")
+    if args.dashboard_port is not None:
+        print(f"dashboard: http://127.0.0.1:{args.dashboard_port}/")
 
     workers = [p.client_id for p in parts]
     store: StateStore | None = None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.config import CoordinatorConfig, RunConfig
-from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from common.schema import Schema, UploadSpec, select
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from coordinator.state import StateStore
@@ -32,7 +32,8 @@ class WorkerInfo:
     worker_id: str
     num_train_examples: int
     last_seen: float
-    activity: str = "joined"
+    activity: str = "joined"  # joined / training / evaluating / pulling / pushing / idle / lost / evicted
+    address: str = ""
     rounds_done: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -81,14 +82,20 @@ class RoundEngine:
                 self.last_closed + 1,
             )
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
+        self.paused = bool(store.get("paused"))
+        for worker_id in store.get("evicted") or []:
+            if worker_id in self.workers:
+                self.workers[worker_id].activity = "evicted"
 
     # -- joins and liveness --------------------------------------------------------------------
-    def join(self, req: JoinRequest) -> tuple[str, RunConfig, int]:
+    def join(self, req: JoinRequest, address: str = "") -> tuple[str, RunConfig, int]:
         if not req.worker_id:
             raise InvalidArgument("worker_id must not be empty")
         if not req.schema:
             raise InvalidArgument("join carries no adapter schema")
         with self._cond:
+            if req.worker_id in self.workers and self.workers[req.worker_id].activity == "evicted":
+                raise PermissionDenied(f"worker {req.worker_id} was evicted by an operator")
             if self.fingerprint is not None and req.fingerprint != self.fingerprint:
                 raise FailedPrecondition(
                     f"model fingerprint {req.fingerprint[:16]} of worker {req.worker_id} differs from the run's "
@@ -114,6 +121,7 @@ class RoundEngine:
                 self.workers[req.worker_id] = WorkerInfo(req.worker_id, req.num_train_examples, self.clock())
             else:
                 info.num_train_examples, info.last_seen, info.activity = req.num_train_examples, self.clock(), "joined"
+            self.workers[req.worker_id].address = address
             log.info("[Engine.Join] worker=%s examples=%d (%d workers)", req.worker_id, req.num_train_examples, len(self.workers))
             self._maybe_advance()
             self._cond.notify_all()
@@ -129,6 +137,8 @@ class RoundEngine:
         info = self.workers.get(worker_id)
         if info is None:
             raise NotFound(f"unknown worker '{worker_id}': call Join first")
+        if info.activity == "evicted":
+            raise PermissionDenied(f"worker {worker_id} was evicted by an operator")
         info.last_seen = self.clock()
         if info.activity == "lost":  # it came back (e.g. after our restart or a network cut)
             info.activity = "idle"
@@ -167,7 +177,7 @@ class RoundEngine:
     def _maybe_advance(self) -> None:
         now = self.clock()
         for info in self.workers.values():
-            if info.activity != "lost" and now - info.last_seen > self.config.worker_lost_after_s:
+            if info.activity not in ("lost", "evicted") and now - info.last_seen > self.config.worker_lost_after_s:
                 log.warning("[Engine] worker %s silent for %.0f s: lost", info.worker_id, now - info.last_seen)
                 info.activity = "lost"
         cur = self.current
@@ -182,9 +192,9 @@ class RoundEngine:
             self._open_next()
 
     def _open_next(self) -> None:
-        if self.strategy is None:
+        if self.strategy is None or self.paused:
             return
-        live = {w: i.num_train_examples for w, i in self.workers.items() if i.activity != "lost"}
+        live = {w: i.num_train_examples for w, i in self.workers.items() if i.activity not in ("lost", "evicted")}
         if len(live) < self.run.min_workers:
             return
         now = self.clock()
@@ -322,6 +332,41 @@ class RoundEngine:
             )
         if worker_id not in cur.participants:
             raise FailedPrecondition(f"worker {worker_id} is not a participant of round {round}")
+
+    # -- operator actions ----------------------------------------------------------------------
+    def evict(self, worker_id: str) -> None:
+        """Drop a worker for good: out of the open round (its quorum shrinks), refused from now on."""
+        with self._cond:
+            if worker_id not in self.workers:
+                raise NotFound(f"unknown worker '{worker_id}'")
+            self.workers[worker_id].activity = "evicted"
+            cur = self.current
+            if cur is not None and worker_id not in cur.pushed:
+                cur.participants.pop(worker_id, None)
+            self.store.put(evicted=sorted(w for w, i in self.workers.items() if i.activity == "evicted"))
+            log.warning("[Engine] worker %s evicted", worker_id)
+            self._maybe_advance()
+            self._cond.notify_all()
+
+    def set_paused(self, paused: bool) -> None:
+        """While paused no new round opens; the open round still finishes."""
+        with self._cond:
+            self.paused = paused
+            self.store.put(paused=paused)
+            log.warning("[Engine] %s", "paused" if paused else "resumed")
+            self._maybe_advance()
+            self._cond.notify_all()
+
+    def request_rebuild(self) -> int:
+        """Rebuild the client tree from the uploads of the next round to open; returns that round."""
+        with self._cond:
+            rebuild = getattr(self.strategy, "request_rebuild", None)
+            if rebuild is None:
+                raise FailedPrecondition(f"strategy '{self.run.strategy}' has no client tree to rebuild")
+            round = self.current.round + 1 if self.current is not None else self.last_closed + 1
+            rebuild(round)
+            log.warning("[Engine] tree rebuild requested for round %d", round)
+            return int(round)
 
     def wait_done(self, timeout: float) -> bool:
         with self._cond:

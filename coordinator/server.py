@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,14 +14,22 @@ from grpc_reflection.v1alpha import reflection
 from common.config import CoordinatorConfig
 from common.errors import ConfigError
 from common.grpc_options import SERVER_OPTIONS
+from common.tls import server_credentials
+from coordinator.admin import AdminView
+from coordinator.admin_servicer import AdminServicer
+from coordinator.auth import TokenAuth
 from coordinator.engine import RoundEngine
 from coordinator.servicer import FederationServicer
 from coordinator.state import StateStore
 from coordinator.strategies import STRATEGIES
-from proto.fedtree.v1 import federation_pb2, federation_pb2_grpc
+from proto.fedtree.v1 import admin_pb2, admin_pb2_grpc, federation_pb2, federation_pb2_grpc
+
+if TYPE_CHECKING:
+    from coordinator.dashboard import DashboardServer
 
 log = logging.getLogger(__name__)
 FEDERATION_SERVICE = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 class Coordinator:
@@ -32,24 +41,41 @@ class Coordinator:
         self.config = config
         self.store = StateStore(config.state_dir)
         self.engine = RoundEngine(config, self.store)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
-        federation_pb2_grpc.add_FederationServicer_to_server(FederationServicer(self.engine, config.max_blob_bytes), self.server)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            options=SERVER_OPTIONS,
+            interceptors=[TokenAuth(config.worker_token, config.admin_token)],
+        )
+        federation_pb2_grpc.add_FederationServicer_to_server(
+            FederationServicer(self.engine, config.max_blob_bytes, require_identity=bool(config.tls and config.tls.client_ca)),
+            self.server,
+        )
+        self.admin = AdminView(self.engine)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.admin), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (FEDERATION_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                FEDERATION_SERVICE,
+                ADMIN_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        creds = server_credentials(config.tls, config.insecure)
+        self.port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
         if self.port == 0:
             raise ConfigError(f"cannot bind {config.host}:{config.port}")
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="round-ticker", daemon=True)
+        self.dashboard: DashboardServer | None = None
 
     def start(self) -> int:
         self.server.start()
         self._ticker.start()
-        for service in ("", FEDERATION_SERVICE):
+        for service in ("", FEDERATION_SERVICE, ADMIN_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "[Coordinator] serving on %s:%d, run %s, strategy %s, state %s",
@@ -59,6 +85,11 @@ class Coordinator:
             self.config.run.strategy,
             self.config.state_dir,
         )
+        if self.config.dashboard_port is not None:
+            from coordinator.dashboard import start_dashboard  # starlette/uvicorn only when the dashboard is on
+
+            self.dashboard = start_dashboard(self.admin, self.config.dashboard_host, self.config.dashboard_port)
+            log.info("[Coordinator] dashboard at %s", self.dashboard.url)
         return self.port
 
     def _tick(self) -> None:
@@ -71,6 +102,8 @@ class Coordinator:
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self._stop.set()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.server.stop(grace).wait()
         self.store.close()
         log.info("[Coordinator] stopped")

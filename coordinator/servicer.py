@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 
 from common import serde
-from common.errors import FedtreeError, InvalidArgument, status_code
+from common.errors import FedtreeError, InvalidArgument, PermissionDenied, status_code
 from coordinator.engine import RoundEngine
+from coordinator.metrics import PUSH_LATENCY
 from coordinator.transfer import BlobCache, UpdateReceiver, download_chunks
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
@@ -53,11 +55,23 @@ def rpc(method: F) -> F:
     return unary  # type: ignore[return-value]
 
 
+def check_identity(context: grpc.ServicerContext, worker_id: str) -> None:
+    """With mutual TLS a worker acts only as the id in its certificate's common name."""
+    names = [n.decode() for n in (context.auth_context().get("x509_common_name") or [])]
+    if worker_id not in names:
+        raise PermissionDenied(f"the client certificate of {names or 'nobody'} cannot act as worker '{worker_id}'")
+
+
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, engine: RoundEngine, max_blob_bytes: int) -> None:
+    def __init__(self, engine: RoundEngine, max_blob_bytes: int, require_identity: bool = False) -> None:
         self.engine = engine
+        self.require_identity = require_identity
         self.max_blob_bytes = max_blob_bytes
         self.cache = BlobCache()
+
+    def _identity(self, context: grpc.ServicerContext, worker_id: str) -> None:
+        if self.require_identity:
+            check_identity(context, worker_id)
 
     @rpc
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
@@ -65,17 +79,20 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     @rpc
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
-        run_id, run, current = self.engine.join(serde.join_from_proto(request))
+        self._identity(context, request.worker_id)
+        run_id, run, current = self.engine.join(serde.join_from_proto(request), address=context.peer())
         return pb.JoinResponse(run=serde.run_to_proto(run_id, run), current_round=current)
 
     @rpc
     def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.GetTaskResponse:
+        self._identity(context, request.worker_id)
         remaining = context.time_remaining()  # answer before the caller's deadline expires
         wait = request.wait_seconds if remaining is None else min(request.wait_seconds, remaining - 0.5)
         return serde.task_to_proto(self.engine.get_task(request.worker_id, wait))
 
     @rpc
     def PullAdapters(self, request: pb.PullAdaptersRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        self._identity(context, request.worker_id)
         version, items = self.engine.downloads(request.worker_id, request.round)
         sent = 0
         for chunk in download_chunks(self.cache, version, request.round, items, self.engine.run.chunk_size):
@@ -87,28 +104,35 @@ class FederationServicer(pb_grpc.FederationServicer):
     def PushUpdate(
         self, request_iterator: Iterator[pb.PushUpdateRequest], context: grpc.ServicerContext
     ) -> pb.PushUpdateResponse:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise InvalidArgument("a push must start with a header message")
-        header = serde.push_header_from_proto(first.header)
-        duplicate = self.engine.accepted_before(header)
-        if duplicate is not None:  # a retry after a lost ack: acknowledge, count nothing
-            for _ in request_iterator:
-                pass
-            return serde.push_result_to_proto(duplicate)
-        receiver = UpdateReceiver(header, self.engine.expected_upload(header), self.max_blob_bytes)
-        for msg in request_iterator:
-            if msg.WhichOneof("payload") != "chunk":
-                raise InvalidArgument("only chunks may follow the push header")
-            receiver.feed(serde.chunk_from_proto(msg.chunk))
-        update = receiver.finish()
-        return serde.push_result_to_proto(self.engine.commit_push(header, update, receiver.nbytes))
+        started = time.perf_counter()
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("payload") != "header":
+                raise InvalidArgument("a push must start with a header message")
+            header = serde.push_header_from_proto(first.header)
+            self._identity(context, header.worker_id)
+            duplicate = self.engine.accepted_before(header)
+            if duplicate is not None:  # a retry after a lost ack: acknowledge, count nothing
+                for _ in request_iterator:
+                    pass
+                return serde.push_result_to_proto(duplicate)
+            receiver = UpdateReceiver(header, self.engine.expected_upload(header), self.max_blob_bytes)
+            for msg in request_iterator:
+                if msg.WhichOneof("payload") != "chunk":
+                    raise InvalidArgument("only chunks may follow the push header")
+                receiver.feed(serde.chunk_from_proto(msg.chunk))
+            update = receiver.finish()
+            return serde.push_result_to_proto(self.engine.commit_push(header, update, receiver.nbytes))
+        finally:
+            PUSH_LATENCY.observe(time.perf_counter() - started)
 
     @rpc
     def ReportMetrics(self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext) -> pb.ReportMetricsResponse:
+        self._identity(context, request.worker_id)
         self.engine.report_metrics(request.worker_id, request.round, dict(request.metrics))
         return pb.ReportMetricsResponse()
 
     @rpc
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
+        self._identity(context, request.worker_id)
         return pb.HeartbeatResponse(current_round=self.engine.heartbeat(request.worker_id, request.activity))

@@ -87,7 +87,9 @@ def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
 
     def make(state_dir: Path | None = None, **run_kwargs: object) -> Coordinator:
         run = RunConfig(**{"rounds": 2, "min_workers": 2, "round_deadline_s": 60, **run_kwargs})  # type: ignore[arg-type]
-        cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=state_dir or tmp_path / "state", run=run, long_poll_s=1.0)
+        cfg = CoordinatorConfig(
+            host="127.0.0.1", port=0, state_dir=state_dir or tmp_path / "state", run=run, long_poll_s=1.0, insecure=True
+        )
         coordinator = Coordinator(cfg)
         coordinator.start()
         started.append(coordinator)

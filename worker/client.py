@@ -13,9 +13,10 @@ import torch
 
 from common import codec, serde
 from common.chunking import BlobKey, Role, assemble_all, split
-from common.config import RunConfig
+from common.config import ClientTlsConfig, RunConfig
 from common.errors import Unavailable, from_rpc_error
 from common.grpc_options import CHANNEL_OPTIONS
+from common.tls import secure_channel
 from common.types import JoinRequest, PushHeader, PushResult, Task
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
@@ -32,12 +33,22 @@ Pulled = dict[int, dict[Role, Tensors]]
 
 
 class FederationClient:
-    def __init__(self, target: str, worker_id: str, retry_for_s: float = 600.0, rpc_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        worker_id: str,
+        retry_for_s: float = 600.0,
+        rpc_timeout_s: float = 300.0,
+        token: str | None = None,
+        tls: ClientTlsConfig | None = None,
+        insecure: bool = False,
+    ) -> None:
         self.target = target
+        self.md = (("authorization", f"Bearer {token}"),) if token else None
         self.worker_id = worker_id
         self.retry_for_s = retry_for_s
         self.rpc_timeout_s = rpc_timeout_s
-        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = secure_channel(target, tls, insecure, CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
 
     def close(self) -> None:
@@ -65,18 +76,23 @@ class FederationClient:
 
     def get_run(self) -> tuple[str, RunConfig]:
         resp = self._call(
-            "GetRun", lambda: self.stub.GetRun(pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True)
+            "GetRun",
+            lambda: self.stub.GetRun(
+                pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True, metadata=self.md
+            ),
         )
         return serde.run_from_proto(resp.run)
 
     def join(self, req: JoinRequest) -> int:
-        resp = self._call("Join", lambda: self.stub.Join(serde.join_to_proto(req), timeout=30, wait_for_ready=True))
+        resp = self._call(
+            "Join", lambda: self.stub.Join(serde.join_to_proto(req), timeout=30, wait_for_ready=True, metadata=self.md)
+        )
         return resp.current_round
 
     def get_task(self, wait_s: float = 10.0) -> Task:
         req = pb.GetTaskRequest(worker_id=self.worker_id, wait_seconds=wait_s)
         return serde.task_from_proto(
-            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=wait_s + 10, wait_for_ready=True))
+            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=wait_s + 10, wait_for_ready=True, metadata=self.md))
         )
 
     def pull(self, round: int) -> Pulled:
@@ -84,7 +100,7 @@ class FederationClient:
 
         def fetch() -> Pulled:
             stream = self.stub.PullAdapters(
-                pb.PullAdaptersRequest(worker_id=self.worker_id, round=round), timeout=self.rpc_timeout_s
+                pb.PullAdaptersRequest(worker_id=self.worker_id, round=round), timeout=self.rpc_timeout_s, metadata=self.md
             )
             out: Pulled = {}
             chunks = (serde.chunk_from_proto(c) for c in stream)
@@ -105,13 +121,13 @@ class FederationClient:
                 for chunk in split(blob, BlobKey(header.round, layer, Role.UPDATE), chunk_size):
                     yield pb.PushUpdateRequest(chunk=serde.chunk_to_proto(chunk))
 
-        resp = self._call("PushUpdate", lambda: self.stub.PushUpdate(requests(), timeout=self.rpc_timeout_s))
+        resp = self._call("PushUpdate", lambda: self.stub.PushUpdate(requests(), timeout=self.rpc_timeout_s, metadata=self.md))
         return serde.push_result_from_proto(resp)
 
     def report_metrics(self, round: int, metrics: dict[str, float]) -> None:
         req = pb.ReportMetricsRequest(worker_id=self.worker_id, round=round, metrics=metrics)
-        self._call("ReportMetrics", lambda: self.stub.ReportMetrics(req, timeout=30, wait_for_ready=True))
+        self._call("ReportMetrics", lambda: self.stub.ReportMetrics(req, timeout=30, wait_for_ready=True, metadata=self.md))
 
     def heartbeat(self, activity: str) -> int:
         req = pb.HeartbeatRequest(worker_id=self.worker_id, activity=activity)
-        return self.stub.Heartbeat(req, timeout=10).current_round
+        return self.stub.Heartbeat(req, timeout=10, metadata=self.md).current_round

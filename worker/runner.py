@@ -36,8 +36,15 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, client: FederationClient | None = None) -> None:
         self.config = config
-        self.client = client or FederationClient(config.coordinator, config.worker_id, retry_for_s=config.connect_timeout_s)
         self.data: LocalData = load_local_data(config.data)
+        self.client = client or FederationClient(
+            config.coordinator,
+            config.worker_id,
+            retry_for_s=config.connect_timeout_s,
+            token=config.token,
+            tls=config.tls,
+            insecure=config.insecure,
+        )
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.activity = "starting"

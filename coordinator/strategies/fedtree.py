@@ -44,12 +44,17 @@ class FedTree(Strategy):
         self.experts = ClusterSums()
         self._pending = ClusterSums()
         self._uploads: dict[str, tuple[LayerTensors, float]] = {}  # per-worker uploads of a (re)build round
+        self.rebuild_round: int | None = None  # an operator asked for a rebuild from this round's uploads
 
     # -- phases ------------------------------------------------------------------------------
     def _builds_tree(self, round: int) -> bool:
         warm = self.cfg.warmup_rounds
         every = self.cfg.rebuild_every
-        return round == warm or (every > 0 and round > warm and (round - warm) % every == 0)
+        requested = self.rebuild_round is not None and round == max(self.rebuild_round, warm)
+        return requested or round == warm or (every > 0 and round > warm and (round - warm) % every == 0)
+
+    def request_rebuild(self, round: int) -> None:
+        self.rebuild_round = round
 
     def upload_spec(self, worker_id: str, round: int) -> UploadSpec:
         if round < self.cfg.warmup_rounds:
@@ -86,6 +91,7 @@ class FedTree(Strategy):
     def close_round(self, round: int) -> None:
         if self._builds_tree(round) and len(self._uploads) >= 1:
             self._build(round)
+            self.rebuild_round = None
         elif self._pending.total_weights:
             # clusters nobody pushed to this round keep their previous expert
             for layer, clusters in self.experts.weights.items():

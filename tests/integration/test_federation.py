@@ -12,7 +12,7 @@ from common.config import DataConfig, WorkerConfig
 from worker.runner import EXIT_OK, Worker
 
 
-def _worker(coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, worker_id: str) -> Worker:
+def _worker(coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, worker_id: str, token: str | None = None) -> Worker:
     cfg = WorkerConfig(
         worker_id=worker_id,
         coordinator=f"127.0.0.1:{coord.port}",  # type: ignore[attr-defined]
@@ -22,6 +22,8 @@ def _worker(coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, work
         progress=False,
         connect_timeout_s=20,
         heartbeat_s=0.5,
+        token=token,
+        insecure=True,
     )
     return Worker(cfg)
 

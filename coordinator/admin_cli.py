@@ -1,0 +1,177 @@
+"""`fedtree admin status|workers|tree|rounds|export|evict|pause|resume|rebuild`: the operator CLI.
+
+    fedtree admin tree --coordinator HOST:PORT [--token T] [--json]
+
+The admin token comes from --token or the FEDTREE_ADMIN_TOKEN environment variable. Output is
+a human-readable table by default and the Admin API's JSON (MessageToJson) with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToJson
+
+from common.config import ClientTlsConfig
+from common.grpc_options import CHANNEL_OPTIONS
+from common.tls import secure_channel
+from coordinator.auth import bearer
+from coordinator.tree import ClientTree, Merge
+from coordinator.tree.render import dendrogram
+from proto.fedtree.v1 import admin_pb2 as apb
+from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
+
+COMMANDS = ("status", "workers", "tree", "rounds", "export", "evict", "pause", "resume", "rebuild")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def render_status(s: apb.GetStatusResponse) -> str:
+    deadline = f"in {s.deadline_unix - time.time():.0f} s" if s.deadline_unix else "-"
+    rows = [
+        ["run", s.run_id],
+        ["strategy", s.strategy],
+        ["phase", apb.Phase.Name(s.phase).removeprefix("PHASE_").lower()],
+        ["round", f"{s.current_round or '-'} (last closed {s.last_closed_round} of {s.rounds})"],
+        ["quorum", f"{s.pushes}/{s.quorum} pushes" if s.current_round else "-"],
+        ["deadline", deadline],
+        ["workers", str(s.workers)],
+    ]
+    return "\n".join(f"{k:<9} {v}" for k, v in rows)
+
+
+def render_workers(w: apb.ListWorkersResponse) -> str:
+    now = time.time()
+    rows = [
+        [
+            x.worker_id,
+            apb.WorkerState.Name(x.state).removeprefix("WORKER_STATE_").lower(),
+            x.activity,
+            x.address or "-",
+            f"{now - x.last_heartbeat_unix:.0f} s ago" if x.last_heartbeat_unix else "-",
+            str(x.rounds_done),
+            f"{x.bytes_sent / 1e6:.2f} MB",
+            f"{x.bytes_received / 1e6:.2f} MB",
+            f"{x.last_metrics['accuracy']:.3f}" if "accuracy" in x.last_metrics else "-",
+        ]
+        for x in w.workers
+    ]
+    return _table(["worker", "state", "activity", "address", "last seen", "rounds", "sent", "received", "accuracy"], rows)
+
+
+def render_tree(t: apb.GetTreeResponse) -> str:
+    if not t.built:
+        return f"strategy {t.strategy}: no client tree (yet): it is built after warmup by tree/cluster strategies"
+    lines = [f"strategy {t.strategy}: built after round {t.built_round}" + (" (rebuild pending)" if t.rebuild_pending else "")]
+    if t.leaves:
+        tree = ClientTree(tuple(t.leaves), tuple(Merge(m.left, m.right, m.distance, m.size) for m in t.merges), t.linkage)
+        lines += ["", f"client tree ({t.linkage} linkage):", *("  " + x for x in dendrogram(tree))]
+    lines += ["", "which workers share an adapter, per layer (shallow -> deep):"]
+    for layer in t.layers:
+        groups = "  ".join("{" + " ".join(c.workers) + "}" for c in layer.clusters)
+        lams = ", ".join(f"{w}={v:.2f}" for w, v in sorted(layer.lambdas.items()))
+        lines.append(
+            f"  layer {layer.layer:>2}: {layer.cluster_count} cluster(s)  {groups}" + (f"   lambda: {lams}" if lams else "")
+        )
+    return "\n".join(lines)
+
+
+def render_rounds(r: apb.GetRoundsResponse) -> str:
+    rows = [
+        [
+            str(x.round),
+            str(x.pushes),
+            f"{x.duration_s:.1f} s",
+            f"{x.bytes / 1e6:.2f} MB",
+            f"{x.mean_metrics['accuracy']:.3f}" if "accuracy" in x.mean_metrics else "-",
+            " ".join(f"{w}={a:.2f}" for w, a in sorted(x.accuracy.items())),
+        ]
+        for x in r.rounds
+    ]
+    return _table(["round", "pushes", "duration", "bytes", "mean acc", "accuracy per worker"], rows)
+
+
+def export(stub: apb_grpc.AdminStub, worker: str, to: Path, md: Any) -> str:
+    files: dict[str, list[bytes]] = {}
+    for chunk in stub.ExportAdapter(apb.ExportAdapterRequest(worker_id=worker), timeout=120, metadata=md):
+        files.setdefault(chunk.path, []).append(chunk.data)
+    to.mkdir(parents=True, exist_ok=True)
+    for path, parts in files.items():
+        target = (to / path).resolve()
+        if to.resolve() not in target.parents:
+            raise ValueError(f"refusing to write outside {to}: {path}")
+        target.write_bytes(b"".join(parts))
+    return f"wrote {', '.join(sorted(files))} for {worker} to {to}"
+
+
+def run(args: argparse.Namespace) -> str:
+    token = args.token or os.environ.get("FEDTREE_ADMIN_TOKEN")
+    md = bearer(token) if token else None
+    tls = None
+    if args.tls_ca:
+        tls = ClientTlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
+    with secure_channel(args.coordinator, tls, tls is None, CHANNEL_OPTIONS) as channel:
+        stub = apb_grpc.AdminStub(channel)
+        reads: dict[str, tuple[Callable[..., Any], Any, Callable[[Any], str]]] = {
+            "status": (stub.GetStatus, apb.GetStatusRequest(), render_status),
+            "workers": (stub.ListWorkers, apb.ListWorkersRequest(), render_workers),
+            "tree": (stub.GetTree, apb.GetTreeRequest(), render_tree),
+            "rounds": (stub.GetRounds, apb.GetRoundsRequest(), render_rounds),
+        }
+        if args.command in reads:
+            call, request, render = reads[args.command]
+            reply = call(request, timeout=30, metadata=md)
+            return MessageToJson(reply) if args.json else render(reply)
+        if args.command == "export":
+            return export(stub, args.worker, args.to, md)
+        if args.command == "evict":
+            stub.EvictWorker(apb.EvictWorkerRequest(worker_id=args.worker), timeout=30, metadata=md)
+            return f"evicted {args.worker}"
+        if args.command in ("pause", "resume"):
+            call = stub.Pause if args.command == "pause" else stub.Resume
+            call(apb.PauseRequest() if args.command == "pause" else apb.ResumeRequest(), timeout=30, metadata=md)
+            return f"{args.command}d"
+        reply = stub.RebuildTree(apb.RebuildTreeRequest(), timeout=30, metadata=md)
+        return f"the tree will be rebuilt from the uploads of round {reply.round}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedtree", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="group", required=True)
+    admin = sub.add_parser("admin", help="inspect and steer a running coordinator")
+    admin.add_argument("command", choices=COMMANDS)
+    admin.add_argument("--coordinator", default="localhost:50051", help="HOST:PORT of the coordinator")
+    admin.add_argument("--token", help="admin token (default: $FEDTREE_ADMIN_TOKEN)")
+    admin.add_argument("--json", action="store_true", help="print the Admin API's JSON")
+    admin.add_argument("--worker", help="worker id (export, evict)")
+    admin.add_argument("--tls-ca", type=Path, help="CA of the coordinator's certificate (TLS); plaintext without it")
+    admin.add_argument("--tls-cert", type=Path, help="client certificate, when the coordinator requires one (mTLS)")
+    admin.add_argument("--tls-key", type=Path, help="key of the client certificate")
+    admin.add_argument("--tls-server-name", help="name in the coordinator's certificate, if not the host dialled")
+    admin.add_argument("--to", type=Path, help="directory to write the adapter to (export)")
+    args = parser.parse_args(argv)
+    if args.command in ("export", "evict") and not args.worker:
+        parser.error(f"{args.command} needs --worker")
+    if args.command == "export" and not args.to:
+        parser.error("export needs --to DIR")
+    try:
+        print(run(args))
+    except grpc.RpcError as exc:
+        print(f"fedtree admin {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

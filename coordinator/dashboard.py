@@ -1,0 +1,173 @@
+"""The coordinator's web dashboard: a Starlette app served by uvicorn in a daemon thread.
+
+`GET /` is a single static page (vanilla JS + inline SVG, no external assets) that polls the
+JSON endpoints. `/api/{tree,workers,status,rounds}` are exactly `MessageToJson` of the admin
+messages (so they mirror the gRPC Admin API field for field); `/metrics` is Prometheus text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+
+import uvicorn
+from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from coordinator.admin import AdminView
+from coordinator.metrics import PUSH_LATENCY, PushLatency
+from proto.fedtree.v1 import admin_pb2 as apb
+
+log = logging.getLogger(__name__)
+PAGE = "static/dashboard.html"
+
+
+def _state_name(value: apb.WorkerState.ValueType) -> str:
+    return apb.WorkerState.Name(value).removeprefix("WORKER_STATE_").lower()
+
+
+class FedtreeCollector(Collector):
+    """Reads the AdminView at scrape time; nothing is cached between scrapes."""
+
+    def __init__(self, view: AdminView, push_latency: PushLatency = PUSH_LATENCY) -> None:
+        self.view = view
+        self.push_latency = push_latency
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.view.status()
+        workers = self.view.workers().workers
+        rounds = self.view.rounds().rounds
+
+        yield CounterMetricFamily("fedtree_rounds_closed", "Federated rounds closed so far.", value=status.last_closed_round)
+        current = GaugeMetricFamily("fedtree_current_round", "The open round, or the last closed one when no round is open.")
+        current.add_metric([], status.current_round or status.last_closed_round)
+        yield current
+        yield CounterMetricFamily(
+            "fedtree_bytes_received",
+            "Adapter bytes received from workers (sum over workers).",
+            value=sum(w.bytes_received for w in workers),
+        )
+        yield CounterMetricFamily(
+            "fedtree_bytes_sent", "Adapter bytes sent to workers (sum over workers).", value=sum(w.bytes_sent for w in workers)
+        )
+
+        by_state = GaugeMetricFamily("fedtree_workers", "Known workers by state.", labels=["state"])
+        counts = {_state_name(v): 0 for v in apb.WorkerState.values() if v != apb.WORKER_STATE_UNSPECIFIED}
+        for w in workers:
+            counts[_state_name(w.state)] = counts.get(_state_name(w.state), 0) + 1
+        for state, n in sorted(counts.items()):
+            by_state.add_metric([state], n)
+        yield by_state
+
+        latest: dict[str, float] = {}
+        mean: float | None = None
+        for r in rounds:  # rounds are in order: later rounds overwrite earlier ones
+            latest.update(r.accuracy)
+            if "accuracy" in r.mean_metrics:
+                mean = r.mean_metrics["accuracy"]
+        accuracy = GaugeMetricFamily(
+            "fedtree_worker_accuracy", "Latest accuracy of each worker after aggregation.", labels=["worker"]
+        )
+        for worker, value in sorted(latest.items()):
+            accuracy.add_metric([worker], value)
+        yield accuracy
+        if mean is not None:
+            yield GaugeMetricFamily("fedtree_mean_accuracy", "Mean accuracy over workers after the latest round.", value=mean)
+
+        buckets, total, _count = self.push_latency.snapshot()
+        yield HistogramMetricFamily(
+            "fedtree_push_seconds",
+            "Duration of PushUpdate calls (whole RPC, upload included).",
+            buckets=[("+Inf" if b == float("inf") else repr(b), c) for b, c in buckets],
+            sum_value=total,
+        )
+
+
+def _json(message: Message) -> Response:
+    return Response(MessageToJson(message), media_type="application/json")
+
+
+def create_app(view: AdminView, push_latency: PushLatency = PUSH_LATENCY) -> Starlette:
+    """The dashboard ASGI app over one AdminView, with its own Prometheus registry."""
+    registry = CollectorRegistry()
+    registry.register(FedtreeCollector(view, push_latency))
+    page = resources.files("coordinator").joinpath(PAGE).read_text(encoding="utf-8")
+
+    def api(read: Callable[[], Message]) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            return _json(read())
+
+        return endpoint
+
+    def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        Route("/api/tree", api(view.tree)),
+        Route("/api/workers", api(view.workers)),
+        Route("/api/status", api(view.status)),
+        Route("/api/rounds", api(view.rounds)),
+    ]
+    # Sync endpoints run in Starlette's thread pool, so a slow engine lock never blocks the loop.
+    return Starlette(routes=routes)
+
+
+class DashboardServer:
+    """uvicorn serving the dashboard in a daemon thread; `port` is the bound port."""
+
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self.host = host
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
+        self.port = port
+
+    def start(self, timeout: float = 10.0) -> DashboardServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"dashboard failed to start on {self.host}:{self.port}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"dashboard did not start on {self.host}:{self.port} within {timeout}s")
+            time.sleep(0.02)
+        sockets = [s for server in self.server.servers for s in server.sockets]
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        return self
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+
+def start_dashboard(view: AdminView, host: str, port: int) -> DashboardServer:
+    """Serve the dashboard for `view` on host:port (0 picks a free port) in a daemon thread."""
+    return DashboardServer(create_app(view), host, port).start()
