@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from peft import LoraConfig as PeftLoraConfig
 
 from common.config import LoraConfig
+from common.schema import is_lora_a
 
 
 def peft_config(lora: LoraConfig, rank_multiplier: int = 1, **extra: Any) -> PeftLoraConfig:
@@ -19,3 +21,15 @@ def peft_config(lora: LoraConfig, rank_multiplier: int = 1, **extra: Any) -> Pef
         bias="none",
         **extra,
     )
+
+
+def concat_experts(cluster: dict[str, torch.Tensor], external: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
+    """FedTreeLoRA's mix of one layer as one rank-2r LoRA: A' = [A_c ; A_e], B' = [lam B_c | (1-lam) B_e].
+
+    B' A' x = lam B_c A_c x + (1 - lam) B_e A_e x, so with alpha doubled (alpha/r kept) it is exact."""
+    return {
+        name: torch.cat([a, external[name]], dim=0)
+        if is_lora_a(name)
+        else torch.cat([lam * a, (1 - lam) * external[name]], dim=1)
+        for name, a in cluster.items()
+    }

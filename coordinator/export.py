@@ -14,8 +14,7 @@ from safetensors.torch import save_file
 
 from common.chunking import Role
 from common.errors import FailedPrecondition, NotFound
-from common.lora import peft_config
-from common.schema import is_lora_a
+from common.lora import concat_experts, peft_config
 from coordinator.engine import RoundEngine
 
 Tensors = dict[str, torch.Tensor]
@@ -41,13 +40,8 @@ def worker_layers(engine: RoundEngine, worker_id: str) -> tuple[dict[int, Tensor
         cluster = roles[Role.CLUSTER]
         external = roles.get(Role.EXTERNAL)
         lam = lambdas.get(layer, 0.5) if external is not None else 1.0
-        out[layer] = {}
-        for name, tensor in cluster.items():
-            ext = external[name] if external is not None else torch.zeros_like(tensor)
-            if is_lora_a(name):
-                out[layer][name] = torch.cat([tensor, ext], dim=0)
-            else:
-                out[layer][name] = torch.cat([lam * tensor, (1 - lam) * ext], dim=1)
+        zeros = {name: torch.zeros_like(t) for name, t in cluster.items()}
+        out[layer] = concat_experts(cluster, external if external is not None else zeros, lam)
     return out, 2
 
 

@@ -16,8 +16,7 @@ from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
 from common.config import LoraConfig
-from common.lora import peft_config
-from common.schema import is_lora_a
+from common.lora import concat_experts, peft_config
 from worker.mixed import MixedExperts
 from worker.model import HEAD_MODULES, LoraModel, split_param_name
 
@@ -33,13 +32,7 @@ def personalised_layers(lm: LoraModel, mixed: MixedExperts | None) -> tuple[dict
     out: dict[int, Tensors] = {}
     for layer, tensors in own.items():
         lam = mixed.lam_value(layer)
-        out[layer] = {}
-        for name, tensor in tensors.items():
-            ext = external[layer][name]
-            if is_lora_a(name):
-                out[layer][name] = torch.cat([tensor, ext], dim=0)
-            else:
-                out[layer][name] = torch.cat([lam * tensor, (1 - lam) * ext], dim=1)
+        out[layer] = concat_experts(tensors, external[layer], lam)
     return out, 2
 
 
