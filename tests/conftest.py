@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import shutil
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests anywhere can import testdata
+
+from testdata import write_client_data  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -44,29 +48,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if src.exists():
             shutil.copy(src, path / name)
     return path
-
-
-WORDS = {
-    "sports": "match goal team score league player coach win",
-    "tech": "software chip computer network code data robot phone",
-    "food": "bread soup cheese fruit dinner recipe bake spice",
-}
-
-
-def write_client_data(root: Path, labels: tuple[str, ...], n_train: int = 24, n_val: int = 12, seed: int = 0) -> Path:
-    """A tiny, learnable private dataset: texts made of label-specific words."""
-    import random
-
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("val", n_val)):
-        with open(root / f"{split}.jsonl", "w") as fh:
-            for i in range(n):
-                label = labels[i % len(labels)]
-                words = WORDS[label].split()
-                fh.write(json.dumps({"text": " ".join(rng.choices(words, k=6)), "label": label}) + "\n")
-    (root / "meta.json").write_text(json.dumps({"labels": sorted(labels)}))
-    return root
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def start(tmp_path: Path, **run: object) -> Coordinator:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_model_dir):  # type: ignore[no-untyped-def]
     """A fedtree run with 3 workers on the tiny model, finished; the coordinator keeps serving."""
-    from conftest import write_client_data
+    from testdata import write_client_data
 
     tmp = tmp_path_factory.mktemp("admin")
     coord = start(tmp, strategy="fedtree", rounds=3, min_workers=3, train=TRAIN, fedtree={"warmup_rounds": 1, "tau": -1.0})

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_client_data
 from test_federation import TRAIN, _run_all, _worker
+from testdata import write_client_data
 
 from common.config import CoordinatorConfig, RunConfig
 from coordinator.metrics import PUSH_LATENCY
