@@ -75,6 +75,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     @rpc
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        self._identity(context, request.worker_id)
         return pb.GetRunResponse(run=serde.run_to_proto(self.engine.run_id, self.engine.run))
 
     @rpc
