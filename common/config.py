@@ -62,6 +62,13 @@ class FedTreeConfig(_Frozen):
     cluster_only: bool = Field(False, description="Ablation: lambda = 1 everywhere (no external expert).")
 
 
+class PrivacyConfig(_Frozen):
+    """Client-side differential privacy on uploads (see worker/privacy.py for what it guarantees)."""
+
+    clip_norm: float | None = Field(None, gt=0, description="Clip each round's update (delta) to this L2 norm; None = off.")
+    noise_multiplier: float = Field(0.0, ge=0, description="Gaussian noise std as a multiple of clip_norm.")
+
+
 class RunConfig(_Frozen):
     strategy: str = Field("fedit", description="Aggregation strategy: one of coordinator.strategies.STRATEGIES.")
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
@@ -76,6 +83,7 @@ class RunConfig(_Frozen):
     lora: LoraConfig = Field(default_factory=LoraConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
     fedtree: FedTreeConfig = Field(default_factory=FedTreeConfig)  # type: ignore[arg-type]
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
 
 
 class ServerTlsConfig(_Frozen):

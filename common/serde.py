@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.chunking import BlobKey, ChunkData, Role
-from common.config import FedTreeConfig, LoraConfig, RunConfig, TrainConfig
+from common.config import FedTreeConfig, LoraConfig, PrivacyConfig, RunConfig, TrainConfig
 from common.errors import InvalidArgument
 from common.schema import Schema, TensorSpec, UploadSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
@@ -65,6 +65,8 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             fixed_k=run.fedtree.fixed_k or 0,
             cluster_only=run.fedtree.cluster_only,
         ),
+        dp_clip_norm=run.privacy.clip_norm or 0.0,
+        dp_noise_multiplier=run.privacy.noise_multiplier,
     )
 
 
@@ -101,6 +103,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         lora=lora,
         train=train,
         fedtree=fedtree,
+        privacy=PrivacyConfig(clip_norm=msg.dp_clip_norm or None, noise_multiplier=msg.dp_noise_multiplier),
     )
     return msg.run_id, run
 

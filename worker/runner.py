@@ -24,6 +24,7 @@ from worker.fedalt import RestOfWorldMixer
 from worker.local_data import LocalData, load_local_data
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model, default_model_path
+from worker.privacy import privatise
 from worker.train import evaluate, train_local
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class Worker:
         assert self.lm is not None and self.run is not None
         self.activity = "pulling"
         self.apply(task.round, self.client.pull(task.round))
+        start_of_round = self.lm.layers()  # the reference of this round's update (DP clips the delta)
         if task.kind == TaskKind.EVALUATE or task.round > 1:
             evaluated = task.round if task.kind == TaskKind.EVALUATE else task.round - 1
             self.activity = "evaluating"
@@ -161,7 +163,13 @@ class Worker:
         self.activity = "pushing"
         upload = task.upload or UploadSpec(())
         header = PushHeader(self.config.worker_id, task.round, uuid.uuid4().hex, len(self.data.train), metrics)
-        result = self.client.push(header, self.update_for(upload), self.run.chunk_size)
+        update = self.update_for(upload)
+        dp = self.run.privacy
+        if dp.clip_norm is not None and update:
+            gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+            update, norm = privatise(update, start_of_round, dp.clip_norm, dp.noise_multiplier, gen)
+            metrics["update_norm"] = norm  # before clipping; noise is added after
+        result = self.client.push(header, update, self.run.chunk_size)
         self._log_metrics({"round": task.round, "kind": "train", **metrics})
         self.save_adapter(task.round, export=task.round == self.run.rounds)
         log.info(

@@ -257,11 +257,16 @@ class RunSpec(_message.Message):
     TRAIN_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     FEDTREE_FIELD_NUMBER: _builtins.int
+    DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     strategy: _builtins.str
     rounds: _builtins.int
     seed: _builtins.int
     chunk_size: _builtins.int
+    dp_clip_norm: _builtins.float
+    """Client-side DP on uploads: clip each round's update to clip_norm (0 = off), add Gaussian noise."""
+    dp_noise_multiplier: _builtins.float
     @_builtins.property
     def lora(self) -> Global___LoraSpec: ...
     @_builtins.property
@@ -279,10 +284,12 @@ class RunSpec(_message.Message):
         train: Global___TrainSpec | None = ...,
         chunk_size: _builtins.int = ...,
         fedtree: Global___FedTreeSpec | None = ...,
+        dp_clip_norm: _builtins.float = ...,
+        dp_noise_multiplier: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fedtree", b"fedtree", "lora", b"lora", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
