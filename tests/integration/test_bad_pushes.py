@@ -169,3 +169,46 @@ def test_health_service_reports_serving(rig) -> None:  # type: ignore[no-untyped
             health_pb2.HealthCheckRequest(service="fedtree.v1.Federation"), timeout=5
         )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unknown_enum_value_in_a_chunk_is_rejected(rig) -> None:  # type: ignore[no-untyped-def]
+    coord, stub = rig
+    chunk = serde.chunk_to_proto(chunks_of(good_update())[0])
+    chunk.role = 42  # an enum value this coordinator does not know (proto3 keeps it as an int)
+
+    def requests() -> Iterator[pb.PushUpdateRequest]:
+        yield serde.push_header_to_proto(PushHeader("w", 1, "enum", 10, {}))
+        yield pb.PushUpdateRequest(chunk=chunk)
+
+    with pytest.raises(grpc.RpcError) as info:
+        stub.PushUpdate(requests(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown role value 42" in info.value.details()
+    assert coord.engine.store.pushes(1) == {} and coord.engine.strategy._pending.sums == {}
+
+
+def test_oversize_blob_is_rejected_before_it_is_buffered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from common.config import CoordinatorConfig, RunConfig
+    from coordinator.server import Coordinator
+
+    cfg = CoordinatorConfig(
+        host="127.0.0.1",
+        port=0,
+        insecure=True,
+        state_dir=tmp_path / "s",
+        max_blob_bytes=1024,
+        run=RunConfig(rounds=1, min_workers=1, chunk_size=CHUNK),
+    )
+    coord = Coordinator(cfg)
+    coord.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{coord.port}", options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.FederationStub(channel)
+            stub.Join(serde.join_to_proto(JoinRequest("w", "fingerprint-1", 10, schema_of(good_update()))), timeout=10)
+            stub.GetTask(pb.GetTaskRequest(worker_id="w", wait_seconds=0), timeout=10)
+            assert len(codec.encode(good_update()[0])) > 1024
+            with pytest.raises(grpc.RpcError) as info:
+                push(stub, chunks_of(good_update()))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "exceeds the limit of 1024" in info.value.details()
+        assert coord.engine.store.pushes(1) == {} and coord.engine.strategy._pending.sums == {}
+    finally:
+        coord.stop(grace=0.2)
