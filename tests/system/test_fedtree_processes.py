@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from demo_runner import run_demo
 
 from coordinator.state import StateStore
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.system
@@ -20,10 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.minilm
 def test_fedtree_four_worker_processes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "coordinator.demo",
+    stdout = run_demo(
+        out,
         "--strategy",
         "fedtree",
         "--workers",
@@ -40,12 +35,8 @@ def test_fedtree_four_worker_processes(tmp_path: Path) -> None:
         "1",
         "--tasks",
         "bbc_news,wordnet_pos",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "logs" / "coordinator.log").read_text()
-    assert "client tree built after round 2" in proc.stdout and "per-layer cluster counts" in proc.stdout
+    )
+    assert "client tree built after round 2" in stdout and "per-layer cluster counts" in stdout
 
     store = StateStore(out / "state")
     meta = store.get("strategy_meta")

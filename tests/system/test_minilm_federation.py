@@ -3,15 +3,12 @@ and real corpora, over loopback."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from demo_runner import run_demo
 
 from coordinator.state import StateStore
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.system
@@ -19,10 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.minilm
 def test_two_worker_processes_two_rounds_on_minilm(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "coordinator.demo",
+    stdout = run_demo(
+        out,
         "--workers",
         "2",
         "--rounds",
@@ -35,12 +30,8 @@ def test_two_worker_processes_two_rounds_on_minilm(tmp_path: Path) -> None:
         "1",
         "--tasks",
         "bbc_news",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + (out / "logs" / "coordinator.log").read_text()
-    assert "demo finished in" in proc.stdout
+    )
+    assert "demo finished in" in stdout
     store = StateStore(out / "state")
     evals = store.evaluations()
     assert sorted(evals) == [1, 2] and sorted(evals[2]) == ["client-0", "client-1"]
