@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from coordinator.engine import RoundEngine
-from coordinator.export import write_adapter
+from coordinator.export import lambdas_in, write_adapter
 from proto.fedtree.v1 import admin_pb2 as apb
 
 FILE_CHUNK = 1 << 20
@@ -49,10 +49,7 @@ class AdminView:
             return out
 
     def _lambdas(self) -> dict[str, dict[int, float]]:
-        return {
-            w: {int(k.split("_", 1)[1]): v for k, v in info.last_metrics.items() if k.startswith("lambda_")}
-            for w, info in self.engine.workers.items()
-        }
+        return {w: lambdas_in(info.last_metrics) for w, info in self.engine.workers.items()}
 
     def workers(self) -> apb.ListWorkersResponse:
         engine = self.engine

@@ -45,12 +45,17 @@ def worker_layers(engine: RoundEngine, worker_id: str) -> tuple[dict[int, Tensor
     return out, 2
 
 
+def lambdas_in(metrics: dict[str, float]) -> dict[int, float]:
+    """Per-layer lambdas a worker reports with its push as metrics `lambda_<layer>`."""
+    return {int(k.split("_", 1)[1]): v for k, v in metrics.items() if k.startswith("lambda_")}
+
+
 def reported_lambdas(engine: RoundEngine, worker_id: str) -> dict[int, float]:
-    """The per-layer lambdas from the worker's latest push (metrics `lambda_<layer>`)."""
+    """The per-layer lambdas from the worker's latest push."""
     for round in range(engine.last_closed, 0, -1):
         push = engine.store.pushes(round).get(worker_id)
         if push is not None:
-            return {int(k.split("_", 1)[1]): v for k, v in push["metrics"].items() if k.startswith("lambda_")}
+            return lambdas_in(push["metrics"])
     return {}
 
 

@@ -162,13 +162,13 @@ class Worker:
         metrics.update({f"local_{k}": v for k, v in local.items()})
         self.activity = "pushing"
         upload = task.upload or UploadSpec(())
-        header = PushHeader(self.config.worker_id, task.round, uuid.uuid4().hex, len(self.data.train), metrics)
         update = self.update_for(upload)
         dp = self.run.privacy
         if dp.clip_norm is not None and update:
             gen = torch.Generator().manual_seed(seed ^ 0x5EED)
             update, norm = privatise(update, start_of_round, dp.clip_norm, dp.noise_multiplier, gen)
             metrics["update_norm"] = norm  # before clipping; noise is added after
+        header = PushHeader(self.config.worker_id, task.round, uuid.uuid4().hex, len(self.data.train), metrics)
         result = self.client.push(header, update, self.run.chunk_size)
         self._log_metrics({"round": task.round, "kind": "train", **metrics})
         self.save_adapter(task.round, export=task.round == self.run.rounds)

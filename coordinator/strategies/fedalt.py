@@ -39,8 +39,7 @@ class FedALT(Strategy):
                 rest = self.sums.external_mean(layer, own)
                 key = f"row-{own}"
             else:  # no upload of its own last round: everyone's mean is its rest of world
-                total = self.sums.total_weights[layer]
-                rest = self.sums._cast({n: t / total for n, t in self.sums.totals[layer].items()})
+                rest = self.sums.total_mean(layer)
                 key = "all"
             if rest is not None:
                 out.append(Download(layer, Role.EXTERNAL, key, rest))

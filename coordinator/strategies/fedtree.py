@@ -69,7 +69,7 @@ class FedTree(Strategy):
             cut = self.cuts[layer]
             cluster = self.assignment[layer].get(worker_id)
             if cluster is None:  # joined after the tree was built: it gets everyone's mean
-                out.append(Download(layer, Role.CLUSTER, f"all@{layer}", self._mean_all(layer)))
+                out.append(Download(layer, Role.CLUSTER, f"all@{layer}", self.experts.total_mean(layer)))
                 continue
             out.append(Download(layer, Role.CLUSTER, f"c{cut}.{cluster}", self.experts.cluster_mean(layer, cluster)))
             external = self.experts.external_mean(layer, cluster) if self.mixes_external and not self.cfg.cluster_only else None
@@ -141,10 +141,6 @@ class FedTree(Strategy):
                 groups.setdefault(cluster, []).append(worker)
             out.append([groups[c] for c in sorted(groups)])
         return out
-
-    def _mean_all(self, layer: int) -> Tensors:
-        total = self.experts.total_weights[layer]
-        return self.experts._cast({n: t / total for n, t in self.experts.totals[layer].items()})
 
     # -- persistence -------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:

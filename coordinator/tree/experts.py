@@ -55,6 +55,11 @@ class ClusterSums:
     def _cast(self, tensors: Tensors) -> Tensors:
         return {name: t.to(self.dtypes.get(name, t.dtype)) for name, t in tensors.items()}
 
+    def total_mean(self, layer: int) -> Tensors:
+        """Weighted mean over every client of ``layer``, whatever its cluster."""
+        total = self.total_weights[layer]
+        return self._cast({name: t / total for name, t in self.totals[layer].items()})
+
     def cluster_mean(self, layer: int, cluster: int) -> Tensors:
         """Weighted mean over the members of ``cluster`` at ``layer`` (the cluster expert)."""
         try:
