@@ -69,6 +69,18 @@ class PrivacyConfig(_Frozen):
     noise_multiplier: float = Field(0.0, ge=0, description="Gaussian noise std as a multiple of clip_norm.")
 
 
+class RobustConfig(_Frozen):
+    """Robust aggregation inside each cluster (coordinator/robust.py); `mean` streams, the others buffer a round."""
+
+    method: Literal["mean", "clip", "median", "trimmed_mean"] = Field(
+        "mean", description="mean | clip (centred norm clipping) | median (coordinate-wise) | trimmed_mean."
+    )
+    clip_norm: float | None = Field(
+        None, gt=0, description="clip: largest distance of an update from the group's median; None = the median distance."
+    )
+    trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: fraction dropped at each end per coordinate.")
+
+
 class RunConfig(_Frozen):
     strategy: str = Field("fedit", description="Aggregation strategy: one of coordinator.strategies.STRATEGIES.")
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
@@ -84,6 +96,7 @@ class RunConfig(_Frozen):
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
     fedtree: FedTreeConfig = Field(default_factory=FedTreeConfig)  # type: ignore[arg-type]
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
+    robust: RobustConfig = Field(default_factory=RobustConfig)  # type: ignore[arg-type]
 
 
 class ServerTlsConfig(_Frozen):

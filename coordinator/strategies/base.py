@@ -15,6 +15,7 @@ import torch
 from common.chunking import Role
 from common.config import RunConfig
 from common.schema import Schema, UploadSpec
+from coordinator.robust import RobustBuffer
 
 Tensors = dict[str, torch.Tensor]
 # layer -> tensors
@@ -41,6 +42,8 @@ class Strategy(ABC):
         self.run = run
         self.schema = schema
         self.num_layers = len(schema)
+        # pushes go through here into the strategy's sums: straight (mean) or buffered (robust)
+        self.robust = RobustBuffer(run.robust)
 
     @abstractmethod
     def upload_spec(self, worker_id: str, round: int) -> UploadSpec:

@@ -30,11 +30,15 @@ class FedIT(Strategy):
     def downloads(self, worker_id: str, round: int) -> list[Download]:
         return [Download(layer, Role.CLUSTER, "global", t) for layer, t in sorted(self.global_adapter.items())]
 
+    def _sink(self, layer: int, group: int, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        self._pending.add(layer, tensors, weight)
+
     def accumulate(self, worker_id: str, round: int, update: LayerTensors, weight: float) -> None:
         for layer, tensors in update.items():
-            self._pending.add(layer, tensors, weight)
+            self.robust.add(self._sink, layer, 0, tensors, weight)
 
     def close_round(self, round: int) -> None:
+        self.robust.flush(self._sink)
         if self._pending.sums:  # a round nobody pushed to keeps the previous global adapter
             self.global_adapter = self._pending.means()
         self._pending = WeightedSum()

@@ -86,9 +86,10 @@ class FedTree(Strategy):
         for layer, tensors in update.items():
             cluster = self.assignment.get(layer, {}).get(worker_id)
             if cluster is not None:  # late joiners are not in the tree and do not shape it
-                self._pending.add(layer, cluster, tensors, weight)
+                self.robust.add(self._pending.add, layer, cluster, tensors, weight)
 
     def close_round(self, round: int) -> None:
+        self.robust.flush(self._pending.add)
         if self._builds_tree(round) and len(self._uploads) >= 1:
             self._build(round)
             self.rebuild_round = None
@@ -117,7 +118,8 @@ class FedTree(Strategy):
         for worker in workers:
             update, weight = self._uploads[worker]
             for layer, tensors in update.items():
-                self.experts.add(layer, self.assignment[layer][worker], tensors, weight)
+                self.robust.add(self.experts.add, layer, self.assignment[layer][worker], tensors, weight)
+        self.robust.flush(self.experts.add)
         log.info("[%s] clusters built after round %d over %d workers; per layer %s", self.name, round, len(workers), self.cuts)
         for line in (dendrogram(self.tree) if self.tree else []) + layer_groups(self.clusters()):
             log.info("[%s] %s", self.name, line)
