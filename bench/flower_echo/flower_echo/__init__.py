@@ -1,0 +1,1 @@
+"""Echo apps for the transfer benchmark."""
