@@ -258,3 +258,19 @@ def dropped_packets(host: Host) -> int:
     """Packets the drop() rules of `host` have dropped so far."""
     out = host.check("iptables", "-L", "INPUT", "-v", "-n", "-x")
     return sum(int(line.split()[0]) for line in out.splitlines() if "statistic" in line and "DROP" in line)
+
+
+PARTITION_COMMENT = "fedtree-partition"
+
+
+def partition(host: Host) -> None:
+    """Cut `host` off silently: drop everything it sends or receives on its veth (no RST, no ICMP),
+    like a severed link. Loopback inside the namespace keeps working. `heal()` undoes it."""
+    for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+        host.check("iptables", "-I", chain, "1", flag, host.dev, "-m", "comment", "--comment", PARTITION_COMMENT, "-j", "DROP")
+
+
+def heal(host: Host) -> None:
+    """Remove the rules `partition()` added."""
+    for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+        host.check("iptables", "-D", chain, flag, host.dev, "-m", "comment", "--comment", PARTITION_COMMENT, "-j", "DROP")
