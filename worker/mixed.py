@@ -4,7 +4,10 @@ Every adapted module computes  W0 x + s * (lam * B_c A_c x + (1 - lam) * B_e A_e
 lam = sigmoid(theta_l), one theta per transformer layer shared by that layer's modules.
 It is built on peft: the cluster expert is peft's "default" adapter, the external expert a
 second peft adapter "external", both active; lam enters through forward hooks on the two
-lora_B modules, so peft's own forward (dropout, scaling, dtype casts) is used unchanged.
+lora_A modules, so peft's own forward (dropout, scaling, dtype casts) is used unchanged. Scaling
+the rank-r output of A (B (lam A x) = lam B A x) touches r / out_features of the elements that
+scaling B's output would, which made a training step measurably cheaper (bench/worker_step.py,
+docs/BENCHMARKS.md).
 Only the cluster expert and theta train; the external expert is frozen.
 """
 
@@ -77,8 +80,8 @@ class MixedExperts(TwoAdapters):
         lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
         self.pinned: set[int] = set(lm.params)  # lam = 1 until an external expert arrives
         for layer, _, module in self.lora_modules():
-            self._hooks.append(module.lora_B["default"].register_forward_hook(self._scale(layer, cluster=True)))
-            self._hooks.append(module.lora_B[EXTERNAL].register_forward_hook(self._scale(layer, cluster=False)))
+            self._hooks.append(module.lora_A["default"].register_forward_hook(self._scale(layer, cluster=True)))
+            self._hooks.append(module.lora_A[EXTERNAL].register_forward_hook(self._scale(layer, cluster=False)))
 
     def lam(self, layer: int) -> torch.Tensor:
         if layer in self.pinned:
