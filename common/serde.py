@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.chunking import BlobKey, ChunkData, Role
-from common.config import FedTreeConfig, LoraConfig, PrivacyConfig, RunConfig, TrainConfig
+from common.config import FedTreeConfig, GenerationConfig, LoraConfig, PrivacyConfig, RunConfig, TrainConfig
 from common.errors import InvalidArgument
 from common.schema import Schema, TensorSpec, UploadSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
@@ -53,6 +53,9 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             weight_decay=run.train.weight_decay,
             max_seq_length=run.train.max_seq_length,
             train_head=run.train.train_head,
+            task=run.task,
+            max_new_tokens=run.generation.max_new_tokens,
+            num_beams=run.generation.num_beams,
         ),
         fedtree=pb.FedTreeSpec(
             warmup_rounds=run.fedtree.warmup_rounds,
@@ -95,8 +98,11 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         fixed_k=ft.fixed_k or None,
         cluster_only=ft.cluster_only,
     )
+    generation = GenerationConfig(max_new_tokens=msg.train.max_new_tokens or 32, num_beams=msg.train.num_beams or 1)
     run = RunConfig(
         strategy=msg.strategy,
+        task=msg.train.task or "classification",  # type: ignore[arg-type]
+        generation=generation,
         rounds=msg.rounds,
         seed=msg.seed,
         chunk_size=msg.chunk_size,

@@ -79,3 +79,11 @@ def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., object]]:
     yield make
     for coordinator in started:
         coordinator.stop(grace=0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer llama (hidden 32) with a small byte-level BPE tokenizer, built offline."""
+    from tinyllama import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -35,7 +35,13 @@ def export_main(argv: list[str]) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     out = export_adapter(
-        state.lm, state.mixed, state.model_path, len(state.labels), state.run.lora, args.to or args.output_dir / "adapter"
+        state.lm,
+        state.mixed,
+        state.model_path,
+        len(state.labels),
+        state.run.lora,
+        args.to or args.output_dir / "adapter",
+        state.run.task,
     )
     print(f"wrote PEFT adapter of round {state.round} to {out}")
     return 0

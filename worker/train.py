@@ -1,10 +1,11 @@
-"""Local training and evaluation of a worker's classifier (LoRA + optionally its head)."""
+"""Local training (every task type) and evaluation of a worker's classifier (LoRA + optionally its head)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -16,7 +17,10 @@ from worker.model import LoraModel
 log = logging.getLogger(__name__)
 
 
-def _batches(examples: Sequence[Example], order: Sequence[int], batch_size: int) -> Iterator[list[Example]]:
+T = TypeVar("T")
+
+
+def _batches(examples: Sequence[T], order: Sequence[int], batch_size: int) -> Iterator[list[T]]:
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start : start + batch_size]]
 
@@ -41,9 +45,26 @@ def train_local(
     progress: bool = True,
     extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
 ) -> dict[str, float]:
-    """Train for `cfg.local_steps` steps, or `cfg.local_epochs` epochs; return mean loss and steps.
+    """Train the classifier for `cfg.local_steps` steps, or `cfg.local_epochs` epochs; return mean loss and steps.
 
     `extra_groups` are (parameters, learning rate) pairs trained in their own optimiser groups."""
+    return optimise(
+        lm, examples, lambda batch: _encode(lm, batch, label_ids, cfg.max_seq_length), cfg, seed, desc, progress, extra_groups
+    )
+
+
+def optimise(
+    lm: LoraModel,
+    examples: Sequence[Any],
+    encode: Callable[[list[Any]], dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+    extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
+) -> dict[str, float]:
+    """The local optimisation loop of every task type: seeded shuffles, `encode(batch)` -> model
+    inputs with labels, AdamW on the trainable parameters (+ `extra_groups` at their own rates)."""
     if not examples:
         raise ValueError("no training examples")
     gen = torch.Generator().manual_seed(seed)
@@ -62,7 +83,7 @@ def train_local(
     while len(losses) < total:
         order = torch.randperm(len(examples), generator=gen).tolist()
         for batch in _batches(examples, order, cfg.batch_size):
-            out = lm.model(**_encode(lm, batch, label_ids, cfg.max_seq_length))
+            out = lm.model(**encode(batch))
             out.loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

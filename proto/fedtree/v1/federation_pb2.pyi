@@ -170,6 +170,9 @@ class TrainSpec(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
     MAX_SEQ_LENGTH_FIELD_NUMBER: _builtins.int
     TRAIN_HEAD_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
+    NUM_BEAMS_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     local_steps: _builtins.int
     """when > 0, overrides local_epochs"""
@@ -178,6 +181,11 @@ class TrainSpec(_message.Message):
     weight_decay: _builtins.float
     max_seq_length: _builtins.int
     train_head: _builtins.bool
+    task: _builtins.str
+    """"classification" (also when empty) or "causal_lm" """
+    max_new_tokens: _builtins.int
+    """causal_lm evaluation: generated tokens per prompt and beams (1 = greedy)"""
+    num_beams: _builtins.int
     def __init__(
         self,
         *,
@@ -188,10 +196,13 @@ class TrainSpec(_message.Message):
         weight_decay: _builtins.float = ...,
         max_seq_length: _builtins.int = ...,
         train_head: _builtins.bool = ...,
+        task: _builtins.str = ...,
+        max_new_tokens: _builtins.int = ...,
+        num_beams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "local_steps", b"local_steps", "max_seq_length", b"max_seq_length", "train_head", b"train_head", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "local_steps", b"local_steps", "max_new_tokens", b"max_new_tokens", "max_seq_length", b"max_seq_length", "num_beams", b"num_beams", "task", b"task", "train_head", b"train_head", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
