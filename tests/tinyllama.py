@@ -51,5 +51,5 @@ def write_prompt_data(root: Path, n_train: int = 16, n_val: int = 6, seed: int =
                 answer = list(reversed(words)) if reverse else words
                 verb = "reverse" if reverse else "copy"
                 fh.write(json.dumps({"prompt": f"{verb}: {' '.join(words)}", "response": " ".join(answer)}) + "\n")
-    (root / "meta.json").write_text(json.dumps({"task": "causal_lm", "labels": []}))
+    (root / "meta.json").write_text(json.dumps({"task_type": "causal_lm", "task": "copy/reverse", "labels": []}))
     return root

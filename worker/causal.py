@@ -55,7 +55,7 @@ def encode_train(tokenizer: object, batch: Sequence[PromptExample], max_len: int
         prompt = _ids(tokenizer, format_prompt(tokenizer, ex.prompt))
         response = _ids(tokenizer, ex.response) + ([int(eos)] if eos is not None else [])
         if len(prompt) + len(response) > max_len:
-            response = response[: max(1, min(len(response), max_len // 2, max_len - len(prompt)))]
+            response = response[: min(len(response), max(max_len - len(prompt), max_len // 2))]
             prompt = prompt[len(prompt) - (max_len - len(response)) :]
         rows.append((prompt, response))
     width = max(len(p) + len(r) for p, r in rows)

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from common.config import LoraConfig
 from common.lora import concat_experts, peft_config
 from worker.mixed import MixedExperts
-from worker.model import HEAD_MODULES, LoraModel, split_param_name
+from worker.model import HEAD_MODULES, LOAD_LOCK, LoraModel, split_param_name
 
 Tensors = dict[str, torch.Tensor]
 
@@ -50,11 +50,15 @@ def export_adapter(
     layers, mult = personalised_layers(lm, mixed)
     base: Any
     if task == "causal_lm":
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        with LOAD_LOCK:
+            base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         heads: list[str] = []
         config = peft_config(lora, mult, task_type="CAUSAL_LM")
     else:
-        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+        with LOAD_LOCK:
+            base = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=num_labels, ignore_mismatched_sizes=True
+            )
         heads = [h for h in HEAD_MODULES if hasattr(base, h)]
         config = peft_config(lora, mult, modules_to_save=heads or None)
     model: Any = get_peft_model(base, config)

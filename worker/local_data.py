@@ -1,7 +1,7 @@
 """Load a worker's private data as configured: a partition directory or explicit files.
 
 Labelled examples (classification) or prompt/response pairs (causal_lm): `load_any_data` tells
-them apart by the partition's meta.json ("task": "causal_lm") or else by the first training
+them apart by the partition's meta.json ("task_type": "causal_lm") or else by the first training
 record (it has the prompt and response fields and no text field)."""
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def _paths(cfg: DataConfig) -> tuple[Path, Path | None]:
 def is_prompt_data(cfg: DataConfig) -> bool:
     """Does the configured data hold prompt/response pairs (causal_lm) rather than labelled texts?"""
     if cfg.dir is not None and (cfg.dir / "meta.json").exists():
-        task = read_partition_meta(cfg.dir).get("task")
-        if task is not None:
-            return bool(task == "causal_lm")
+        task_type = read_partition_meta(cfg.dir).get("task_type")
+        if task_type is not None:
+            return bool(task_type == "causal_lm")
     train_path, _ = _paths(cfg)
     keys = first_record_keys(train_path)
     return {cfg.prompt_field, cfg.response_field} <= keys and cfg.text_field not in keys

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ LayerTensors = dict[int, Tensors]
 # `model.layers.N`, GPT-2 `h.N`, T5/others `block.N`.
 _LAYER_RE = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 HEAD_MODULES = ("classifier", "score")
+# transformers' from_pretrained is not thread-safe (a llama's tied weights can come back on the
+# meta device when threads of one process load at once, as in the tests and the benchmark)
+LOAD_LOCK = threading.Lock()
 
 
 def default_model_path(task: str = "classification") -> Path:
@@ -109,14 +113,17 @@ def build_model(
     hf_logging.disable_progress_bar()
     if not (model_path / "config.json").exists():
         raise ConfigError(f"{model_path} is not a Hugging Face model directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if task == "causal_lm":
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    else:
-        # A checkpoint's own head may have another label count: then the seeded head replaces it.
-        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+    with LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if task == "causal_lm":
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        else:
+            # A checkpoint's own head may have another label count: then the seeded head replaces it.
+            base = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=num_labels, ignore_mismatched_sizes=True
+            )
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
     base_digest = _digest_base(base)

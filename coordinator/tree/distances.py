@@ -38,7 +38,9 @@ def stack_b(
 
     Layers are taken in sorted order, tensor names within a layer in sorted order (after
     ``names_filter``), clients in list order. Every client must hold the same layers and names
-    with the same shapes, and every layer the same number of selected names.
+    with the same shapes, and every layer the same number of selected names. Modules of different
+    sizes (e.g. q_proj and v_proj under grouped-query attention) are zero-padded to the largest:
+    padding changes no norm, dot product or distance, so every module's distance stays exact.
     """
     if not per_client:
         raise ValueError("stack_b needs at least one client")
@@ -56,18 +58,16 @@ def stack_b(
             got = sorted(n for n in client[layer] if names_filter(n))
             if got != names[layer]:
                 raise ValueError(f"client {k} layer {layer} holds {got}, expected {names[layer]}")
-    sizes = {per_client[0][layer][n].numel() for layer in layers for n in names[layer]}
-    if len(sizes) != 1:
-        raise ValueError(f"selected tensors differ in size: {sorted(sizes)}")
-    d = sizes.pop()
-    out = torch.empty((len(layers), counts.pop(), len(per_client), d), dtype=dtype)
+    d = max(per_client[0][layer][n].numel() for layer in layers for n in names[layer])
+    out = torch.zeros((len(layers), counts.pop(), len(per_client), d), dtype=dtype)
     for li, layer in enumerate(layers):
         for mi, name in enumerate(names[layer]):
+            size = per_client[0][layer][name].numel()
             for k, client in enumerate(per_client):
                 t = client[layer][name]
-                if t.numel() != d:
-                    raise ValueError(f"client {k} {layer}/{name} has {t.numel()} elements, expected {d}")
-                out[li, mi, k].copy_(t.detach().reshape(-1))
+                if t.numel() != size:
+                    raise ValueError(f"client {k} {layer}/{name} has {t.numel()} elements, expected {size}")
+                out[li, mi, k, :size].copy_(t.detach().reshape(-1))
     return out
 
 
