@@ -36,19 +36,19 @@ class ChunkData:
     total: int
     digest: bytes
     blob_size: int
-    data: bytes
+    data: bytes | memoryview  # a view when cut from a blob or parsed off the wire: no copy
 
 
-def split(blob: bytes, key: BlobKey, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[ChunkData]:
-    """Yield the chunks of one blob; the digest is computed once, slices share the buffer."""
+def split(blob: bytes, key: BlobKey, chunk_size: int = DEFAULT_CHUNK_SIZE, digest: bytes | None = None) -> Iterator[ChunkData]:
+    """Yield the chunks of one blob as zero-copy views of it; the digest is computed once per
+    blob (or passed in by a caller that already knows it, e.g. a cache serving many workers)."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    digest = sha256(blob)
+    digest = sha256(blob) if digest is None else digest
     view = memoryview(blob)
     total = max(1, -(-len(blob) // chunk_size))
     for index in range(total):
-        piece = view[index * chunk_size : (index + 1) * chunk_size]
-        yield ChunkData(key, index, total, digest, len(blob), bytes(piece))
+        yield ChunkData(key, index, total, digest, len(blob), view[index * chunk_size : (index + 1) * chunk_size])
 
 
 class Assembler:
@@ -61,7 +61,7 @@ class Assembler:
     def __init__(self, max_blob_bytes: int) -> None:
         self._max_blob_bytes = max_blob_bytes
         self._first: ChunkData | None = None
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._received = 0
 
     @property
@@ -93,7 +93,8 @@ class Assembler:
             raise InvalidArgument(f"{_describe(first.key)}: received more bytes than the announced {first.blob_size}")
         if len(self._parts) < first.total:
             return None
-        blob = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        only = self._parts[0]
+        blob = only if len(self._parts) == 1 and isinstance(only, bytes) else b"".join(self._parts)  # one copy
         self._first, self._parts, self._received = None, [], 0
         if len(blob) != first.blob_size:
             raise InvalidArgument(f"{_describe(first.key)}: size {len(blob)} != announced {first.blob_size}")

@@ -162,6 +162,12 @@ class CoordinatorConfig(_Frozen):
     dashboard_port: int | None = Field(None, ge=0, le=65535, description="Serve the web dashboard on this port; None = off.")
     dashboard_host: str = Field("127.0.0.1", description="Interface the dashboard binds.")
     max_blob_bytes: int = Field(256 << 20, ge=1024, description="Largest accepted per-layer blob.")
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="torch intra-op threads of the coordinator process; 0 = torch's default. 1 keeps the per-push "
+        "tensor ops (validation, weighted sums) of concurrent requests off one contended OpenMP pool.",
+    )
     long_poll_s: float = Field(10.0, gt=0, description="Longest a GetTask call is held when there is nothing to do.")
     worker_lost_after_s: float = Field(120.0, gt=0, description="A worker with no call for this long is 'lost'.")
     linger_s: float = Field(5.0, ge=0, description="After the last round, keep serving DONE this long, then exit.")

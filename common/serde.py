@@ -26,7 +26,7 @@ def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
         total=chunk.total,
         sha256=chunk.digest,
         blob_size=chunk.blob_size,
-        data=chunk.data,
+        data=bytes(chunk.data),
     )
 
 

@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from coordinator.server import Coordinator  # heavy imports after the config is known good
 
+    if config.torch_threads:  # see CoordinatorConfig.torch_threads and docs/BENCHMARKS.md (transfer)
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+
     try:
         coordinator = Coordinator(config)
     except ConfigError as exc:

@@ -27,11 +27,10 @@ class WeightedSum:
         acc = self.sums.setdefault(layer, {})
         for name, tensor in tensors.items():
             self.dtypes.setdefault(name, tensor.dtype)
-            scaled = tensor.detach().to(torch.float32) * weight
-            if name in acc:
-                acc[name].add_(scaled)
+            if name in acc:  # one fused pass, no temporary (for float32 arrivals)
+                acc[name].add_(tensor.detach().to(torch.float32), alpha=weight)
             else:
-                acc[name] = scaled
+                acc[name] = tensor.detach().to(torch.float32) * weight
         self.weights[layer] = self.weights.get(layer, 0.0) + weight
 
     def layers(self) -> list[int]:

@@ -16,18 +16,21 @@ from coordinator.strategies.base import LayerTensors
 
 
 class BlobCache:
-    """Encoded download blobs keyed by (version, round, layer, role, share key).
+    """Encoded download blobs and their sha256, keyed by (version, round, layer, role, share key).
 
     FedIT sends the same global adapter to every worker: it is encoded and hashed once per
-    round, not once per worker.
+    round, not once per worker. Downloads only ever ask for the newest version (the last closed
+    round), so a newer version evicts every older one; `max_entries` bounds the rest.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
-        self._blobs: OrderedDict[tuple[int, int, int, int, str], bytes] = OrderedDict()
+        self._blobs: OrderedDict[tuple[int, int, int, int, str], tuple[bytes, bytes]] = OrderedDict()
+        self._version = -1
 
-    def blob(self, version: int, round: int, item: Download) -> bytes:
+    def blob(self, version: int, round: int, item: Download) -> tuple[bytes, bytes]:
+        """(safetensors blob, its sha256) of one download."""
         key = (version, round, item.layer, int(item.role), item.share_key)
         with self._lock:
             cached = self._blobs.get(key)
@@ -35,16 +38,25 @@ class BlobCache:
                 self._blobs.move_to_end(key)
                 return cached
         blob = codec.encode(item.tensors, {"round": str(round), "layer": str(item.layer), "role": item.role.name.lower()})
+        entry = (blob, codec.sha256(blob))
         with self._lock:
-            self._blobs[key] = blob
+            if version > self._version:
+                self._version = version
+                for old in [k for k in self._blobs if k[0] < version]:
+                    del self._blobs[old]
+            self._blobs[key] = entry
             while len(self._blobs) > self._max:
                 self._blobs.popitem(last=False)
-        return blob
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._blobs)
 
 
 def download_chunks(cache: BlobCache, version: int, round: int, items: list[Download], chunk_size: int) -> Iterator[ChunkData]:
     for item in items:
-        yield from split(cache.blob(version, round, item), BlobKey(round, item.layer, item.role), chunk_size)
+        blob, digest = cache.blob(version, round, item)
+        yield from split(blob, BlobKey(round, item.layer, item.role), chunk_size, digest)
 
 
 class UpdateReceiver:

@@ -186,7 +186,7 @@ def test_announced_blob_size_over_limit() -> None:
 
 def test_more_bytes_than_announced() -> None:
     chunks = chunks_of(2 * CS)
-    fat = dataclasses.replace(chunks[1], data=chunks[1].data + b"x")
+    fat = dataclasses.replace(chunks[1], data=bytes(chunks[1].data) + b"x")
     with pytest.raises(InvalidArgument, match=f"received more bytes than the announced {2 * CS}"):
         feed_all([chunks[0], fat])
 
