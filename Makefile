@@ -27,10 +27,12 @@ install-system:
 	fi
 
 # `make demo STRATEGY=fedtree` runs FedTreeLoRA (2 warmup rounds) and prints the client tree.
+# `make demo TASK=generation` runs a causal_lm federation on SmolLM2 with reasoning-gym tasks (ROUGE).
 STRATEGY ?= fedit
+TASK ?= classification
 DEMO_ARGS ?=
 demo: install
-	$(PYTHON) -m coordinator.demo --strategy $(STRATEGY) $(DEMO_ARGS)
+	$(PYTHON) -m coordinator.demo --strategy $(STRATEGY) --task $(TASK) $(DEMO_ARGS)
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -51,8 +51,16 @@ def render_status(s: apb.GetStatusResponse) -> str:
     return "\n".join(f"{k:<9} {v}" for k, v in rows)
 
 
+def _headline(metric_maps: list[Any]) -> str:
+    """The metric a table leads with: accuracy, or ROUGE-1 for a generation (causal_lm) run."""
+    if any("accuracy" in m for m in metric_maps):
+        return "accuracy"
+    return "rouge1" if any("rouge1" in m for m in metric_maps) else "accuracy"
+
+
 def render_workers(w: apb.ListWorkersResponse) -> str:
     now = time.time()
+    metric = _headline([x.last_metrics for x in w.workers])
     rows = [
         [
             x.worker_id,
@@ -63,11 +71,11 @@ def render_workers(w: apb.ListWorkersResponse) -> str:
             str(x.rounds_done),
             f"{x.bytes_sent / 1e6:.2f} MB",
             f"{x.bytes_received / 1e6:.2f} MB",
-            f"{x.last_metrics['accuracy']:.3f}" if "accuracy" in x.last_metrics else "-",
+            f"{x.last_metrics[metric]:.3f}" if metric in x.last_metrics else "-",
         ]
         for x in w.workers
     ]
-    return _table(["worker", "state", "activity", "address", "last seen", "rounds", "sent", "received", "accuracy"], rows)
+    return _table(["worker", "state", "activity", "address", "last seen", "rounds", "sent", "received", metric], rows)
 
 
 def render_tree(t: apb.GetTreeResponse) -> str:
@@ -88,18 +96,27 @@ def render_tree(t: apb.GetTreeResponse) -> str:
 
 
 def render_rounds(r: apb.GetRoundsResponse) -> str:
+    metric = _headline([x.mean_metrics for x in r.rounds])
+    generation = metric == "rouge1"  # a causal_lm run: ROUGE-2/L and the task score beside ROUGE-1
+
+    def last_column(x: Any) -> str:
+        if generation:
+            return " ".join(f"{k}={x.mean_metrics[k]:.3f}" for k in ("rouge2", "rougeL", "task_score") if k in x.mean_metrics)
+        return " ".join(f"{w}={a:.2f}" for w, a in sorted(x.accuracy.items()))
+
     rows = [
         [
             str(x.round),
             str(x.pushes),
             f"{x.duration_s:.1f} s",
             f"{x.bytes / 1e6:.2f} MB",
-            f"{x.mean_metrics['accuracy']:.3f}" if "accuracy" in x.mean_metrics else "-",
-            " ".join(f"{w}={a:.2f}" for w, a in sorted(x.accuracy.items())),
+            f"{x.mean_metrics[metric]:.3f}" if metric in x.mean_metrics else "-",
+            last_column(x),
         ]
         for x in r.rounds
     ]
-    return _table(["round", "pushes", "duration", "bytes", "mean acc", "accuracy per worker"], rows)
+    head = ["mean rouge1", "other means"] if generation else ["mean acc", "accuracy per worker"]
+    return _table(["round", "pushes", "duration", "bytes", *head], rows)
 
 
 def export(stub: apb_grpc.AdminStub, worker: str, to: Path, md: Any) -> str:

@@ -83,6 +83,15 @@ class FedtreeCollector(Collector):
         yield accuracy
         if mean is not None:
             yield GaugeMetricFamily("fedtree_mean_accuracy", "Mean accuracy over workers after the latest round.", value=mean)
+        # every evaluation metric (accuracy; rouge1/rouge2/rougeL/task_score for generation runs), latest round's mean
+        evaluated = [r for r in rounds if r.mean_metrics]
+        if evaluated:
+            means = GaugeMetricFamily(
+                "fedtree_mean_metric", "Mean over workers of each evaluation metric after the latest round.", labels=["metric"]
+            )
+            for name, value in sorted(evaluated[-1].mean_metrics.items()):
+                means.add_metric([name], value)
+            yield means
 
         buckets, total, _count = self.push_latency.snapshot()
         yield HistogramMetricFamily(

