@@ -62,3 +62,35 @@ def decode(blob: bytes) -> tuple[Tensors, dict[str, str]]:
 def sha256(blob: bytes | memoryview) -> bytes:
     """The 32-byte sha256 digest used to check a reassembled blob."""
     return hashlib.sha256(blob).digest()
+
+
+# Optional reduced precision on the wire (RunConfig.wire_dtype): float32 tensors travel as this
+# dtype and are restored to float32 on arrival; the blob's metadata says so.
+WIRE_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+WIRE_META_KEY = "wire_dtype"
+
+
+def to_wire(tensors: Tensors, wire_dtype: str | None) -> tuple[Tensors, dict[str, str]]:
+    """(tensors with every float32 one cast to `wire_dtype`, metadata to add); unchanged when off.
+
+    A layer that already holds tensors of the wire dtype is sent as it is: on arrival every
+    tensor of that dtype is taken to have been float32, so the two must not mix.
+    """
+    if wire_dtype is None:
+        return tensors, {}
+    dtype = WIRE_DTYPES[wire_dtype]
+    if any(t.dtype == dtype for t in tensors.values()) or not any(t.dtype == torch.float32 for t in tensors.values()):
+        return tensors, {}
+    cast = {name: t.detach().to(dtype) if t.dtype == torch.float32 else t for name, t in tensors.items()}
+    return cast, {WIRE_META_KEY: wire_dtype}
+
+
+def from_wire(tensors: Tensors, metadata: dict[str, str]) -> Tensors:
+    """Undo `to_wire`: tensors of the blob's announced wire dtype back to float32."""
+    wire_dtype = metadata.get(WIRE_META_KEY)
+    if wire_dtype is None:
+        return tensors
+    if wire_dtype not in WIRE_DTYPES:
+        raise InvalidArgument(f"unknown wire dtype '{wire_dtype}' in blob metadata")
+    dtype = WIRE_DTYPES[wire_dtype]
+    return {name: t.to(torch.float32) if t.dtype == dtype else t for name, t in tensors.items()}

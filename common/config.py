@@ -111,6 +111,11 @@ class RunConfig(_Frozen):
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
     fedtree: FedTreeConfig = Field(default_factory=FedTreeConfig)  # type: ignore[arg-type]
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)  # type: ignore[arg-type]
+    wire_dtype: Literal["bf16", "fp16"] | None = Field(
+        None,
+        description="Send float32 adapter tensors as bf16/fp16 both ways (half the bytes) and restore float32 on "
+        "arrival; None = exact float32. Sums stay float32.",
+    )
     robust: RobustConfig = Field(default_factory=RobustConfig)  # type: ignore[arg-type]
     generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[arg-type]
 

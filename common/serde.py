@@ -70,6 +70,7 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
         ),
         dp_clip_norm=run.privacy.clip_norm or 0.0,
         dp_noise_multiplier=run.privacy.noise_multiplier,
+        wire_dtype=run.wire_dtype or "",
     )
 
 
@@ -110,6 +111,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         train=train,
         fedtree=fedtree,
         privacy=PrivacyConfig(clip_norm=msg.dp_clip_norm or None, noise_multiplier=msg.dp_noise_multiplier),
+        wire_dtype=msg.wire_dtype or None,  # type: ignore[arg-type]  # pydantic validates the literal
     )
     return msg.run_id, run
 

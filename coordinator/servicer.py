@@ -67,7 +67,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.engine = engine
         self.require_identity = require_identity
         self.max_blob_bytes = max_blob_bytes
-        self.cache = BlobCache()
+        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype)
 
     def _identity(self, context: grpc.ServicerContext, worker_id: str) -> None:
         if self.require_identity:
@@ -117,7 +117,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 for _ in request_iterator:
                     pass
                 return serde.push_result_to_proto(duplicate)
-            receiver = UpdateReceiver(header, self.engine.expected_upload(header), self.max_blob_bytes)
+            receiver = UpdateReceiver(
+                header, self.engine.expected_upload(header), self.max_blob_bytes, wire_dtype=self.engine.run.wire_dtype
+            )
             for msg in request_iterator:
                 if msg.WhichOneof("payload") != "chunk":
                     raise InvalidArgument("only chunks may follow the push header")

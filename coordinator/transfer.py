@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import replace
+
+import torch
 
 from common import codec
 from common.chunking import Assembler, BlobKey, ChunkData, Role, split
 from common.errors import InvalidArgument
-from common.schema import Schema, validate_layer
+from common.schema import Schema, dtype_name, validate_layer
 from common.types import PushHeader
 from coordinator.strategies import Download
 from coordinator.strategies.base import LayerTensors
@@ -23,8 +26,9 @@ class BlobCache:
     round), so a newer version evicts every older one; `max_entries` bounds the rest.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, wire_dtype: str | None = None) -> None:
         self._max = max_entries
+        self._wire_dtype = wire_dtype
         self._lock = threading.Lock()
         self._blobs: OrderedDict[tuple[int, int, int, int, str], tuple[bytes, bytes]] = OrderedDict()
         self._version = -1
@@ -37,7 +41,9 @@ class BlobCache:
             if cached is not None:
                 self._blobs.move_to_end(key)
                 return cached
-        blob = codec.encode(item.tensors, {"round": str(round), "layer": str(item.layer), "role": item.role.name.lower()})
+        tensors, wire_meta = codec.to_wire(item.tensors, self._wire_dtype)
+        meta = {"round": str(round), "layer": str(item.layer), "role": item.role.name.lower(), **wire_meta}
+        blob = codec.encode(tensors, meta)
         entry = (blob, codec.sha256(blob))
         with self._lock:
             if version > self._version:
@@ -66,9 +72,11 @@ class UpdateReceiver:
     every expected layer has arrived intact, so a bad push leaves the round's sums unchanged.
     """
 
-    def __init__(self, header: PushHeader, expected: Schema, max_blob_bytes: int) -> None:
+    def __init__(self, header: PushHeader, expected: Schema, max_blob_bytes: int, wire_dtype: str | None = None) -> None:
         self.header = header
         self.expected = expected
+        # With a wire dtype, float32 tensors must arrive in it; they are restored to float32 after validation.
+        self._on_wire = _as_sent(expected, wire_dtype)
         self.update: LayerTensors = {}
         self.nbytes = 0
         self._assembler = Assembler(max_blob_bytes)
@@ -90,7 +98,12 @@ class UpdateReceiver:
         if key.layer in self.update:
             raise InvalidArgument(f"{where}: layer sent twice")
         tensors, _ = codec.decode(blob)
-        validate_layer(tensors, self.expected[key.layer], where)
+        validate_layer(tensors, self._on_wire[key.layer], where)
+        if self._on_wire is not self.expected:
+            tensors = {
+                name: t.to(torch.float32) if self.expected[key.layer][name].dtype == "float32" else t
+                for name, t in tensors.items()
+            }
         self.update[key.layer] = tensors
 
     def finish(self) -> LayerTensors:
@@ -99,3 +112,14 @@ class UpdateReceiver:
         if missing:
             raise InvalidArgument(f"push of worker {self.header.worker_id} round {self.header.round} is missing layers {missing}")
         return self.update
+
+
+def _as_sent(expected: Schema, wire_dtype: str | None) -> Schema:
+    """The schema as a push travels: float32 tensors in the wire dtype (the schema itself when off)."""
+    if wire_dtype is None:
+        return expected
+    name = dtype_name(codec.WIRE_DTYPES[wire_dtype])
+    return {
+        layer: {n: replace(spec, dtype=name) if spec.dtype == "float32" else spec for n, spec in specs.items()}
+        for layer, specs in expected.items()
+    }

@@ -50,6 +50,7 @@ class FederationClient:
         self.rpc_timeout_s = rpc_timeout_s
         self.channel = secure_channel(target, tls, insecure, CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
+        self.wire_dtype: str | None = None  # the run's, learnt in get_run()
         # The two bulk calls read and write chunk bytes by hand (common/wire.py): same wire format, fewer copies.
         self._pull_raw = self.channel.unary_stream(
             "/fedtree.v1.Federation/PullAdapters", request_serializer=pb.PullAdaptersRequest.SerializeToString
@@ -88,7 +89,9 @@ class FederationClient:
                 pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True, metadata=self.md
             ),
         )
-        return serde.run_from_proto(resp.run)
+        run_id, run = serde.run_from_proto(resp.run)
+        self.wire_dtype = run.wire_dtype
+        return run_id, run
 
     def join(self, req: JoinRequest) -> int:
         resp = self._call(
@@ -112,7 +115,8 @@ class FederationClient:
             out: Pulled = {}
             chunks = (wire.decode_chunk(c) for c in stream)
             for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):
-                tensors, _ = codec.decode(blob)
+                tensors, meta = codec.decode(blob)
+                tensors = codec.from_wire(tensors, meta)
                 out.setdefault(key.layer, {})[key.role] = tensors
             return out
 
@@ -124,7 +128,8 @@ class FederationClient:
         def requests() -> Iterator[bytes]:
             yield serde.push_header_to_proto(header).SerializeToString()
             for layer, tensors in sorted(update.items()):
-                blob = codec.encode(tensors, {"round": str(header.round), "layer": str(layer), "role": "update"})
+                sent, wire_meta = codec.to_wire(tensors, self.wire_dtype)
+                blob = codec.encode(sent, {"round": str(header.round), "layer": str(layer), "role": "update", **wire_meta})
                 for chunk in split(blob, BlobKey(header.round, layer, Role.UPDATE), chunk_size):
                     yield wire.encode_push_chunk(chunk)
 

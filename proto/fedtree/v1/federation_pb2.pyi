@@ -270,6 +270,7 @@ class RunSpec(_message.Message):
     FEDTREE_FIELD_NUMBER: _builtins.int
     DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    WIRE_DTYPE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     strategy: _builtins.str
     rounds: _builtins.int
@@ -278,6 +279,11 @@ class RunSpec(_message.Message):
     dp_clip_norm: _builtins.float
     """Client-side DP on uploads: clip each round's update to clip_norm (0 = off), add Gaussian noise."""
     dp_noise_multiplier: _builtins.float
+    wire_dtype: _builtins.str
+    """Optional reduced precision on the wire: "" (off), "bf16" or "fp16". float32 adapter tensors
+    travel in this dtype both ways and are restored to float32 on arrival. (20: clear of the
+    numbers other RunSpec additions take.)
+    """
     @_builtins.property
     def lora(self) -> Global___LoraSpec: ...
     @_builtins.property
@@ -297,10 +303,11 @@ class RunSpec(_message.Message):
         fedtree: Global___FedTreeSpec | None = ...,
         dp_clip_norm: _builtins.float = ...,
         dp_noise_multiplier: _builtins.float = ...,
+        wire_dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fedtree", b"fedtree", "lora", b"lora", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train", "wire_dtype", b"wire_dtype"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
