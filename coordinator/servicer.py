@@ -27,6 +27,9 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
     if isinstance(exc, FedtreeError):
         log.warning("[Coordinator.%s] rejected: %s: %s", method, status_code(exc).name, exc)
         context.abort(status_code(exc), str(exc))
+    if isinstance(exc, grpc.RpcError) and not context.is_active():  # the client went away mid-stream
+        log.warning("[Coordinator.%s] client disconnected mid-call; nothing of the call was kept", method)
+        return
     log.exception("[Coordinator.%s] internal error", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
