@@ -147,3 +147,16 @@ def test_tree_distances_over_modules_of_different_sizes() -> None:
             q = torch.dist(clients[i][0]["q.lora_B"], clients[j][0]["q.lora_B"])
             v = torch.dist(clients[i][0]["v.lora_B"], clients[j][0]["v.lora_B"])
             assert float(Dl[i, j]) == pytest.approx(float((q + v) / 2), abs=1e-5)
+
+
+def test_admin_cli_leads_with_rouge1_for_generation_runs() -> None:
+    from coordinator.admin_cli import render_rounds, render_workers
+    from proto.fedtree.v1 import admin_pb2 as apb
+
+    gen = apb.GetRoundsResponse(rounds=[apb.RoundInfo(round=1, mean_metrics={"rouge1": 0.25, "rougeL": 0.2, "task_score": 0.5})])
+    text = render_rounds(gen)
+    assert "mean rouge1" in text and "0.250" in text and "task_score=0.500" in text
+    cls = apb.GetRoundsResponse(rounds=[apb.RoundInfo(round=1, mean_metrics={"accuracy": 0.75}, accuracy={"w0": 0.75})])
+    assert "mean acc" in render_rounds(cls) and "w0=0.75" in render_rounds(cls)
+    workers = apb.ListWorkersResponse(workers=[apb.WorkerInfo(worker_id="w0", last_metrics={"rouge1": 0.125})])
+    assert "rouge1" in render_workers(workers) and "0.125" in render_workers(workers)
