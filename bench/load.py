@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,15 +34,16 @@ from worker.client import FederationClient  # noqa: E402
 LAYERS, HIDDEN, RANK = 6, 384, 8
 
 
-def adapter(seed: int) -> dict[int, dict[str, torch.Tensor]]:
+def adapter(seed: int, layers: int = LAYERS, hidden: int = HIDDEN, rank: int = RANK) -> dict[int, dict[str, torch.Tensor]]:
+    """A random LoRA adapter on query and value: `layers` x 2 modules x (A: rank x hidden, B: hidden x rank)."""
     gen = torch.Generator().manual_seed(seed)
     return {
         layer: {
             f"attention.self.{m}.lora_{ab}.weight": torch.randn(shape, generator=gen)
             for m in ("query", "value")
-            for ab, shape in (("A", (RANK, HIDDEN)), ("B", (HIDDEN, RANK)))
+            for ab, shape in (("A", (rank, hidden)), ("B", (hidden, rank)))
         }
-        for layer in range(LAYERS)
+        for layer in range(layers)
     }
 
 
@@ -54,12 +56,18 @@ def rss_mb(pid: int) -> float:
 
 
 def light_worker(
-    target: str, worker_id: str, latencies: list[float], pushed: dict[tuple[int, str], int], errors: list[str]
+    target: str,
+    worker_id: str,
+    latencies: list[float],
+    pushed: dict[tuple[int, str], int],
+    errors: list[str],
+    make: Callable[[int], dict[int, dict[str, torch.Tensor]]] = adapter,
 ) -> None:
-    client = FederationClient(target, worker_id, retry_for_s=120, insecure=True)
+    """Join, then pull and push random adapters from `make(seed)` until the run is done."""
+    client = FederationClient(target, worker_id, retry_for_s=600, insecure=True)
     try:
         client.get_run()
-        client.join(JoinRequest(worker_id, "load-test", 10, schema_of(adapter(0))))
+        client.join(JoinRequest(worker_id, "load-test", 10, schema_of(make(0))))
         while True:
             task = client.get_task(wait_s=5)
             if task.kind == TaskKind.DONE:
@@ -71,7 +79,7 @@ def light_worker(
                 client.report_metrics(task.round, {"accuracy": 0.5})
                 continue
             seed = hash((worker_id, task.round)) & 0xFFFF
-            update = adapter(seed)
+            update = make(seed)
             upload = task.upload or UploadSpec(())
             update = {layer: {n: t for n, t in update[layer].items() if upload.wants(n)} for layer in upload.layers}
             start = time.perf_counter()
@@ -82,6 +90,23 @@ def light_worker(
         errors.append(f"{worker_id}: {type(exc).__name__}: {exc}")
     finally:
         client.close()
+
+
+def start_coordinator(tmp: Path, cfg: dict[str, object]) -> tuple[subprocess.Popen[bytes], str]:
+    """A coordinator process on loopback with `cfg`; returns it and its HOST:PORT."""
+    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
+    port_file = tmp / "port"
+    coord = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "--config", str(tmp / "c.yaml"), "--port-file", str(port_file)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "coordinator.log", "wb"),  # noqa: SIM115 - the process owns it
+    )
+    while not port_file.exists():
+        if coord.poll() is not None:
+            raise RuntimeError(f"coordinator exited with {coord.returncode}: {(tmp / 'coordinator.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    return coord, f"127.0.0.1:{port_file.read_text()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,17 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "long_poll_s": 5,
             "run": {"strategy": "fedit", "rounds": args.rounds, "min_workers": args.workers, "round_deadline_s": 600},
         }
-        (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(cfg))
-        port_file = Path(tmp) / "port"
-        coord = subprocess.Popen(
-            [sys.executable, "-m", "coordinator", "--config", str(Path(tmp) / "c.yaml"), "--port-file", str(port_file)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(tmp) / "coordinator.log", "wb"),  # noqa: SIM115
-        )
-        while not port_file.exists():
-            time.sleep(0.1)
-        target = f"127.0.0.1:{port_file.read_text()}"
+        coord, target = start_coordinator(Path(tmp), cfg)
         latencies: list[float] = []
         pushed: dict[tuple[int, str], int] = {}
         errors: list[str] = []

@@ -64,12 +64,14 @@ class RoundEngine:
         self.fingerprint: str | None = store.get("fingerprint") or config.expected_fingerprint
         self.schema: Schema | None = store.get_schema()
         self.strategy: Strategy | None = None
+        # uploads a strategy keeps whole for a round (the tree build) wait on disk, not in memory
+        self.spill_dir = config.state_dir / "spill"
         self.last_closed = store.last_closed_round()
         store.put(run_id=self.run_id, config=self.config.model_dump(mode="json"))
         for worker_id, n in store.workers().items():
             self.workers[worker_id] = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
         if self.schema is not None:
-            self.strategy = create_strategy(self.run, self.schema)
+            self.strategy = create_strategy(self.run, self.schema, self.spill_dir)
             if self.last_closed:
                 self.strategy.load_state(store.load_checkpoint(self.last_closed), store.get("strategy_meta"))
             # Sums of an unclosed round died with the previous process: its pushes are re-requested.
@@ -107,7 +109,7 @@ class RoundEngine:
                 self.fingerprint, self.schema = req.fingerprint, req.schema
                 self.store.put(fingerprint=req.fingerprint, layer_prefix=req.layer_prefix)
                 self.store.put_schema(req.schema)
-                self.strategy = create_strategy(self.run, req.schema)
+                self.strategy = create_strategy(self.run, req.schema, self.spill_dir)
                 log.info(
                     "[Engine] run %s fixed by %s: %d layers, fingerprint %s",
                     self.run_id,

@@ -73,8 +73,8 @@ def reduce_group(updates: list[Tensors], weights: list[float], cfg: RobustConfig
         return {name: coordinate_median(torch.stack([u[name] for u in updates])) for name in updates[0]}
     if cfg.method == "trimmed_mean":
         return {name: trimmed_mean(torch.stack([u[name] for u in updates]), cfg.trim_fraction) for name in updates[0]}
-    total = sum(weights)
-    return {name: sum(w * u[name] for w, u in zip(weights, updates, strict=True)) / total for name in updates[0]}
+    w = torch.tensor(weights, dtype=torch.float32)
+    return {name: torch.tensordot(w, torch.stack([u[name] for u in updates]), dims=1) / w.sum() for name in updates[0]}
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.schema import Schema
@@ -21,12 +23,13 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def create_strategy(run: RunConfig, schema: Schema) -> Strategy:
+def create_strategy(run: RunConfig, schema: Schema, spill_dir: Path | None = None) -> Strategy:
+    """The run's strategy; `spill_dir` is where uploads it must keep whole go (None: memory)."""
     try:
         cls = STRATEGIES[run.strategy]
     except KeyError:
         raise ConfigError(f"unknown strategy '{run.strategy}'; choose one of {sorted(STRATEGIES)}") from None
-    return cls(run, schema)
+    return cls(run, schema, spill_dir)
 
 
 __all__ = ["STRATEGIES", "Download", "Strategy", "create_strategy"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -38,8 +39,9 @@ class Strategy(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, run: RunConfig, schema: Schema) -> None:
+    def __init__(self, run: RunConfig, schema: Schema, spill_dir: Path | None = None) -> None:
         self.run = run
+        self.spill_dir = spill_dir
         self.schema = schema
         self.num_layers = len(schema)
         # pushes go through here into the strategy's sums: straight (mean) or buffered (robust)

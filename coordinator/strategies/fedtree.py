@@ -20,6 +20,7 @@ import torch
 
 from common.chunking import Role
 from common.schema import UploadSpec
+from coordinator.spill import Uploads
 from coordinator.strategies.base import Download, LayerTensors, Strategy
 from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
 from coordinator.tree.render import dendrogram, layer_groups
@@ -43,7 +44,7 @@ class FedTree(Strategy):
         self.assignment: dict[int, dict[str, int]] = {}
         self.experts = ClusterSums()
         self._pending = ClusterSums()
-        self._uploads: dict[str, tuple[LayerTensors, float]] = {}  # per-worker uploads of a (re)build round
+        self._uploads = Uploads(self.spill_dir)  # per-worker uploads of a (re)build round
         self.rebuild_round: int | None = None  # an operator asked for a rebuild from this round's uploads
 
     # -- phases ------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ class FedTree(Strategy):
 
     def accumulate(self, worker_id: str, round: int, update: LayerTensors, weight: float) -> None:
         if self._builds_tree(round):
-            self._uploads[worker_id] = (update, weight)
+            self._uploads.put(worker_id, update, weight)
             return
         if round <= self.cfg.warmup_rounds:
             return
@@ -101,13 +102,20 @@ class FedTree(Strategy):
                         self._pending.add(layer, cluster, self.experts.cluster_mean(layer, cluster), weight)
             self.experts = self._pending
         self._pending = ClusterSums()
-        self._uploads = {}
+        self._uploads.clear()
 
     # -- the tree ----------------------------------------------------------------------------
     def _build(self, round: int) -> None:
-        workers = sorted(self._uploads)
-        per_client = [self._uploads[w][0] for w in workers]
-        Dl = layer_distances(stack_b(per_client), metric=self.cfg.metric).numpy()
+        workers = self._uploads.workers()
+        # one layer of every worker's B at a time: memory is N x one layer, not N x the adapter
+        Dl = np.concatenate(
+            [
+                layer_distances(
+                    stack_b([{layer: self._uploads.layer(w, layer)} for w in workers]), metric=self.cfg.metric
+                ).numpy()
+                for layer in self._uploads.layers(workers[0])
+            ]
+        )
         labels = self._assign(workers, Dl)
         self.built_round = round
         self.cuts = [int(lab.max()) + 1 for lab in labels]
@@ -116,9 +124,11 @@ class FedTree(Strategy):
         }
         self.experts = ClusterSums()
         for worker in workers:
-            update, weight = self._uploads[worker]
-            for layer, tensors in update.items():
-                self.robust.add(self.experts.add, layer, self.assignment[layer][worker], tensors, weight)
+            for layer in self._uploads.layers(worker):
+                cluster = self.assignment[layer][worker]
+                self.robust.add(
+                    self.experts.add, layer, cluster, self._uploads.layer(worker, layer), self._uploads.weight(worker)
+                )
         self.robust.flush(self.experts.add)
         log.info("[%s] clusters built after round %d over %d workers; per layer %s", self.name, round, len(workers), self.cuts)
         for line in (dendrogram(self.tree) if self.tree else []) + layer_groups(self.clusters()):

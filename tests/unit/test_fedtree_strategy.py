@@ -155,3 +155,19 @@ def test_rebuild_every_rebuilds_from_that_rounds_uploads() -> None:
     torch.testing.assert_close(
         by_role(s, "w0", 5)[(deep, Role.CLUSTER)][B], (planted("w2")[deep][B] + planted("w3")[deep][B]) / 2
     )
+
+
+def test_tree_build_from_spilled_uploads_matches_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    in_memory = strategy()
+    spilled = FedTree(RunConfig(strategy="fedtree", fedtree=FedTreeConfig(warmup_rounds=2)), SCHEMA, tmp_path / "spill")
+    warm_up(in_memory)
+    for worker in WORKERS:
+        spilled.accumulate(worker, 2, planted(worker), 1.0)
+    assert len(list((tmp_path / "spill").glob("*.safetensors"))) == len(WORKERS)  # on disk, not in memory
+    spilled.close_round(2)
+    assert not (tmp_path / "spill").exists()  # cleared with the round
+    assert spilled.clusters() == in_memory.clusters() and spilled.cuts == in_memory.cuts
+    for worker in WORKERS:
+        for key, tensors in by_role(in_memory, worker).items():
+            for name, t in tensors.items():
+                torch.testing.assert_close(by_role(spilled, worker)[key][name], t)

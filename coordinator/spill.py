@@ -1,0 +1,75 @@
+"""Per-worker uploads a strategy must keep whole for a round (FedTreeLoRA's tree-building round).
+
+Streaming aggregation keeps O(clusters) tensors; building the client tree needs every worker's
+B matrices at once. `Uploads` keeps them in memory (tests, small runs) or, given a directory,
+spills each upload to its own safetensors file as it arrives and reads back one layer at a time
+(memory-mapped), so the coordinator's memory for a 400-worker tree build is one layer of every
+worker's B, not every worker's whole adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+Tensors = dict[str, torch.Tensor]
+LayerTensors = dict[int, Tensors]
+
+
+class Uploads:
+    """worker -> (its whole update, its weight); on disk under `spill_dir` when given."""
+
+    def __init__(self, spill_dir: Path | None = None) -> None:
+        self.spill_dir = spill_dir
+        self._weights: dict[str, float] = {}
+        self._memory: dict[str, LayerTensors] = {}
+        self._layers: dict[str, dict[int, list[str]]] = {}  # spilled: worker -> layer -> names
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)  # a previous process's round died with it
+
+    def _path(self, worker: str) -> Path:
+        assert self.spill_dir is not None
+        return self.spill_dir / f"{hashlib.sha256(worker.encode()).hexdigest()[:24]}.safetensors"
+
+    def put(self, worker: str, update: LayerTensors, weight: float) -> None:
+        self._weights[worker] = float(weight)
+        if self.spill_dir is None:
+            self._memory[worker] = update
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        flat = {f"{layer}/{name}": t.detach().contiguous() for layer, tensors in update.items() for name, t in tensors.items()}
+        tmp = self._path(worker).with_suffix(".tmp")
+        save_file(flat, str(tmp))
+        tmp.replace(self._path(worker))
+        self._layers[worker] = {layer: sorted(tensors) for layer, tensors in update.items()}
+
+    def workers(self) -> list[str]:
+        return sorted(self._weights)
+
+    def weight(self, worker: str) -> float:
+        return self._weights[worker]
+
+    def layers(self, worker: str) -> list[int]:
+        return sorted(self._memory[worker] if self.spill_dir is None else self._layers[worker])
+
+    def layer(self, worker: str, layer: int) -> Tensors:
+        """One layer of one worker's upload (read from its file when spilled)."""
+        if self.spill_dir is None:
+            return self._memory[worker][layer]
+        with safe_open(str(self._path(worker)), framework="pt") as f:
+            return {name: f.get_tensor(f"{layer}/{name}") for name in self._layers[worker][layer]}
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def clear(self) -> None:
+        self._weights.clear()
+        self._memory.clear()
+        self._layers.clear()
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
