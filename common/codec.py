@@ -6,9 +6,12 @@ header is plain JSON, so a bad blob is rejected before any tensor is materialise
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
+import threading
+from collections.abc import Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -81,7 +84,8 @@ def to_wire(tensors: Tensors, wire_dtype: str | None) -> tuple[Tensors, dict[str
     dtype = WIRE_DTYPES[wire_dtype]
     if any(t.dtype == dtype for t in tensors.values()) or not any(t.dtype == torch.float32 for t in tensors.values()):
         return tensors, {}
-    cast = {name: t.detach().to(dtype) if t.dtype == torch.float32 else t for name, t in tensors.items()}
+    with single_threaded():
+        cast = {name: t.detach().to(dtype) if t.dtype == torch.float32 else t for name, t in tensors.items()}
     return cast, {WIRE_META_KEY: wire_dtype}
 
 
@@ -93,4 +97,36 @@ def from_wire(tensors: Tensors, metadata: dict[str, str]) -> Tensors:
     if wire_dtype not in WIRE_DTYPES:
         raise InvalidArgument(f"unknown wire dtype '{wire_dtype}' in blob metadata")
     dtype = WIRE_DTYPES[wire_dtype]
-    return {name: t.to(torch.float32) if t.dtype == dtype else t for name, t in tensors.items()}
+    with single_threaded():
+        return {name: t.to(torch.float32) if t.dtype == dtype else t for name, t in tensors.items()}
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch ops in this scope on one intra-op thread.
+
+    Casting adapter tensors is memory-bound and each tensor is small: a second OpenMP thread
+    gains nothing and, on a busy machine, every parallel region waits for it to be scheduled
+    (measured: 64 MiB cast there and back took 2.8-4.0 s with 2 threads under load, 0.08-0.19 s
+    with 1; docs/BENCHMARKS.md). Nested and concurrent scopes share one switch: the first to
+    enter sets 1 thread, the last to leave restores the previous count.
+    """
+    global _threads_users, _threads_before
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+            if _threads_before != 1:
+                torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_before != 1:
+                torch.set_num_threads(_threads_before)

@@ -13,6 +13,8 @@ so it never accepts a message that protobuf would read differently.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from google.protobuf.message import DecodeError
 
 from common.chunking import BlobKey, ChunkData, Role
@@ -52,6 +54,12 @@ def _chunk_head(key: BlobKey, index: int, total: int, digest: bytes, blob_size: 
     return b"".join(parts)
 
 
+def encode_chunk(chunk: ChunkData) -> bytes:
+    """The serialised Chunk (a PullAdapters response): one copy of the payload."""
+    head = _chunk_head(chunk.key, chunk.index, chunk.total, chunk.digest, chunk.blob_size, len(chunk.data))
+    return b"".join((head, chunk.data))
+
+
 def encode_push_chunk(chunk: ChunkData) -> bytes:
     """The serialised PushUpdateRequest{chunk: ...}: one copy of the payload."""
     head = _chunk_head(chunk.key, chunk.index, chunk.total, chunk.digest, chunk.blob_size, len(chunk.data))
@@ -72,7 +80,7 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fast_decode(data: bytes) -> ChunkData | None:
+def _fast_decode(data: bytes | memoryview) -> ChunkData | None:
     """The chunk, if `data` has the canonical layout with in-range values; else None."""
     buf = memoryview(data)
     values = [0, 0, 0, 0, 0, 0, 0]  # fields 1..5 and 7 (varints); 6 is the digest
@@ -114,13 +122,13 @@ def _fast_decode(data: bytes) -> ChunkData | None:
     return ChunkData(BlobKey(round_, layer, role_), index, total, digest, blob_size, payload)
 
 
-def decode_chunk(data: bytes) -> ChunkData:
+def decode_chunk(data: bytes | memoryview) -> ChunkData:
     """A serialised Chunk as ChunkData; the payload is a view of `data` (no copy)."""
     fast = _fast_decode(data)
     if fast is not None:
         return fast
     try:
-        msg = pb.Chunk.FromString(data)
+        msg = pb.Chunk.FromString(bytes(data))
     except DecodeError as exc:
         raise InvalidArgument(f"malformed chunk message: {exc}") from None
     try:
@@ -128,3 +136,36 @@ def decode_chunk(data: bytes) -> ChunkData:
     except ValueError:
         raise InvalidArgument(f"unknown role value {msg.role}") from None
     return ChunkData(BlobKey(msg.round, msg.layer, role), msg.index, msg.total, msg.sha256, msg.blob_size, msg.data)
+
+
+@dataclass(frozen=True)
+class PushPart:
+    """One message of a PushUpdate stream: a header, a chunk, or why it is neither."""
+
+    header: pb.PushHeader | None = None
+    chunk: ChunkData | None = None
+    problem: str | None = None
+
+
+def decode_push_request(data: bytes) -> PushPart:
+    """A serialised PushUpdateRequest; never raises (a gRPC deserializer must not): a message
+    that cannot be read comes back with `problem` set for the servicer to reject."""
+    buf = memoryview(data)
+    try:
+        if len(buf) >= 2 and buf[0] == (2 << 3 | _LEN):  # canonical: exactly one chunk field
+            length, pos = _read_varint(buf, 1)
+            if pos + length == len(buf):
+                fast = _fast_decode(buf[pos:])
+                if fast is not None:
+                    return PushPart(chunk=fast)
+        msg = pb.PushUpdateRequest.FromString(data)
+        which = msg.WhichOneof("payload")
+        if which == "header":
+            return PushPart(header=msg.header)
+        if which == "chunk":
+            return PushPart(chunk=decode_chunk(msg.chunk.SerializeToString()))
+        return PushPart(problem="empty push message")
+    except InvalidArgument as exc:
+        return PushPart(problem=str(exc))
+    except (ValueError, DecodeError) as exc:
+        return PushPart(problem=f"malformed push message: {exc}")

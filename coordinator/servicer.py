@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from common import serde
+from common import serde, wire
 from common.errors import FedtreeError, InvalidArgument, PermissionDenied, status_code
 from coordinator.engine import RoundEngine
 from coordinator.metrics import PUSH_LATENCY
-from coordinator.transfer import BlobCache, UpdateReceiver, download_chunks
+from coordinator.transfer import BlobCache, UpdateReceiver, download_messages
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
@@ -95,23 +95,21 @@ class FederationServicer(pb_grpc.FederationServicer):
         return serde.task_to_proto(self.engine.get_task(request.worker_id, wait))
 
     @rpc
-    def PullAdapters(self, request: pb.PullAdaptersRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+    def PullAdapters(self, request: pb.PullAdaptersRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._identity(context, request.worker_id)
         version, items = self.engine.downloads(request.worker_id, request.round)
         sent = 0
-        for chunk in download_chunks(self.cache, version, request.round, items, self.engine.run.chunk_size):
-            sent += len(chunk.data)
-            yield serde.chunk_to_proto(chunk)
+        for encoded in download_messages(self.cache, version, request.round, items, self.engine.run.chunk_size):
+            yield from encoded.messages  # serialised Chunks, cached across workers (see add_federation_servicer)
+            sent += encoded.nbytes
         self.engine.add_bytes_sent(request.worker_id, sent)
 
     @rpc
-    def PushUpdate(
-        self, request_iterator: Iterator[pb.PushUpdateRequest], context: grpc.ServicerContext
-    ) -> pb.PushUpdateResponse:
+    def PushUpdate(self, request_iterator: Iterator[wire.PushPart], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
         started = time.perf_counter()
         try:
             first = next(request_iterator, None)
-            if first is None or first.WhichOneof("payload") != "header":
+            if first is None or first.header is None:
                 raise InvalidArgument("a push must start with a header message")
             header = serde.push_header_from_proto(first.header)
             self._identity(context, header.worker_id)
@@ -123,10 +121,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             receiver = UpdateReceiver(
                 header, self.engine.expected_upload(header), self.max_blob_bytes, wire_dtype=self.engine.run.wire_dtype
             )
-            for msg in request_iterator:
-                if msg.WhichOneof("payload") != "chunk":
-                    raise InvalidArgument("only chunks may follow the push header")
-                receiver.feed(serde.chunk_from_proto(msg.chunk))
+            for part in request_iterator:
+                if part.chunk is None:
+                    raise InvalidArgument(part.problem or "only chunks may follow the push header")
+                receiver.feed(part.chunk)
             update = receiver.finish()
             return serde.push_result_to_proto(self.engine.commit_push(header, update, receiver.nbytes))
         finally:
@@ -142,3 +140,34 @@ class FederationServicer(pb_grpc.FederationServicer):
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatResponse:
         self._identity(context, request.worker_id)
         return pb.HeartbeatResponse(current_round=self.engine.heartbeat(request.worker_id, request.activity))
+
+
+def add_federation_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
+    """Register the Federation service like the generated add_FederationServicer_to_server, except
+    for the two bulk calls: PullAdapters streams pre-serialised Chunk messages (identity
+    serializer) and PushUpdate reads its messages with common/wire.py (payloads stay views of the
+    received bytes). The bytes on the wire are the same protobuf messages."""
+
+    def unary(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    handlers = {
+        "GetRun": unary(servicer.GetRun, pb.GetRunRequest, pb.GetRunResponse),
+        "Join": unary(servicer.Join, pb.JoinRequest, pb.JoinResponse),
+        "GetTask": unary(servicer.GetTask, pb.GetTaskRequest, pb.GetTaskResponse),
+        "PullAdapters": grpc.unary_stream_rpc_method_handler(
+            servicer.PullAdapters, request_deserializer=pb.PullAdaptersRequest.FromString, response_serializer=bytes
+        ),
+        "PushUpdate": grpc.stream_unary_rpc_method_handler(
+            servicer.PushUpdate,
+            request_deserializer=wire.decode_push_request,
+            response_serializer=pb.PushUpdateResponse.SerializeToString,
+        ),
+        "ReportMetrics": unary(servicer.ReportMetrics, pb.ReportMetricsRequest, pb.ReportMetricsResponse),
+        "Heartbeat": unary(servicer.Heartbeat, pb.HeartbeatRequest, pb.HeartbeatResponse),
+    }
+    service = pb.DESCRIPTOR.services_by_name["Federation"]
+    assert set(handlers) == {m.name for m in service.methods}, "a Federation method is not registered"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

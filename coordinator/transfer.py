@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from common import codec
+from common import codec, wire
 from common.chunking import Assembler, BlobKey, ChunkData, Role, split
 from common.errors import InvalidArgument
 from common.schema import Schema, dtype_name, validate_layer
@@ -18,51 +18,63 @@ from coordinator.strategies import Download
 from coordinator.strategies.base import LayerTensors
 
 
-class BlobCache:
-    """Encoded download blobs and their sha256, keyed by (version, round, layer, role, share key).
+@dataclass(frozen=True)
+class EncodedDownload:
+    """One download blob, ready to stream: its serialised Chunk messages and payload size."""
 
-    FedIT sends the same global adapter to every worker: it is encoded and hashed once per
-    round, not once per worker. Downloads only ever ask for the newest version (the last closed
-    round), so a newer version evicts every older one; `max_entries` bounds the rest.
+    messages: tuple[bytes, ...]
+    nbytes: int
+
+
+class BlobCache:
+    """Downloads encoded, hashed and cut into serialised Chunk messages once, keyed by
+    (version, round, layer, role, share key, chunk size).
+
+    FedIT sends the same global adapter to every worker: it is encoded, hashed and framed once
+    per round; every worker's stream then only hands the cached messages to gRPC. Downloads only
+    ever ask for the newest version (the last closed round), so a newer version evicts every
+    older one; `max_entries` bounds the rest.
     """
 
     def __init__(self, max_entries: int = 4096, wire_dtype: str | None = None) -> None:
         self._max = max_entries
         self._wire_dtype = wire_dtype
         self._lock = threading.Lock()
-        self._blobs: OrderedDict[tuple[int, int, int, int, str], tuple[bytes, bytes]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int, int, int, str, int], EncodedDownload] = OrderedDict()
         self._version = -1
 
-    def blob(self, version: int, round: int, item: Download) -> tuple[bytes, bytes]:
-        """(safetensors blob, its sha256) of one download."""
-        key = (version, round, item.layer, int(item.role), item.share_key)
+    def get(self, version: int, round: int, item: Download, chunk_size: int) -> EncodedDownload:
+        key = (version, round, item.layer, int(item.role), item.share_key, chunk_size)
         with self._lock:
-            cached = self._blobs.get(key)
+            cached = self._entries.get(key)
             if cached is not None:
-                self._blobs.move_to_end(key)
+                self._entries.move_to_end(key)
                 return cached
         tensors, wire_meta = codec.to_wire(item.tensors, self._wire_dtype)
         meta = {"round": str(round), "layer": str(item.layer), "role": item.role.name.lower(), **wire_meta}
         blob = codec.encode(tensors, meta)
-        entry = (blob, codec.sha256(blob))
+        chunks = split(blob, BlobKey(round, item.layer, item.role), chunk_size)
+        entry = EncodedDownload(tuple(wire.encode_chunk(c) for c in chunks), len(blob))
         with self._lock:
             if version > self._version:
                 self._version = version
-                for old in [k for k in self._blobs if k[0] < version]:
-                    del self._blobs[old]
-            self._blobs[key] = entry
-            while len(self._blobs) > self._max:
-                self._blobs.popitem(last=False)
+                for old in [k for k in self._entries if k[0] < version]:
+                    del self._entries[old]
+            self._entries[key] = entry
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
         return entry
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self._entries)
 
 
-def download_chunks(cache: BlobCache, version: int, round: int, items: list[Download], chunk_size: int) -> Iterator[ChunkData]:
+def download_messages(
+    cache: BlobCache, version: int, round: int, items: list[Download], chunk_size: int
+) -> Iterator[EncodedDownload]:
+    """The encoded downloads of `items`, in order (each streamed as its serialised chunks)."""
     for item in items:
-        blob, digest = cache.blob(version, round, item)
-        yield from split(blob, BlobKey(round, item.layer, item.role), chunk_size, digest)
+        yield cache.get(version, round, item, chunk_size)
 
 
 class UpdateReceiver:

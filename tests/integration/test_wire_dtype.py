@@ -111,3 +111,17 @@ def test_bf16_on_the_wire_round_trip(clients: tuple[FederationClient, Federation
             sums = sum(p[layer][name].to(torch.bfloat16).float() for p in pushed.values())
             assert got.dtype == torch.float32  # restored on arrival
             assert torch.equal(got, (sums / 2).to(torch.bfloat16).float())  # mean of bf16 uploads, sent as bf16
+
+
+def test_casts_run_single_threaded_and_restore_the_thread_count() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with codec.single_threaded():
+            assert torch.get_num_threads() == 1
+            with codec.single_threaded():  # nested scopes share the switch
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
