@@ -9,6 +9,7 @@ never O(N^2). Sums accumulate in float32; results are cast back to the dtype the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,14 @@ class ClusterSums:
     totals: dict[int, Tensors] = field(default_factory=dict)
     total_weights: dict[int, float] = field(default_factory=dict)
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    # means handed out since the last add(): every worker of a cluster gets the same tensors, so
+    # N workers pulling cost O(clusters) memory, not O(N) fresh copies
+    _memo: dict[tuple[str, int, int], Tensors | None] = field(default_factory=dict, repr=False)
+
+    def _memoised(self, key: tuple[str, int, int], compute: Callable[[], Tensors | None]) -> Tensors | None:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def add(self, layer: int, cluster: int, tensors: Tensors, weight: float) -> None:
         """Add one client's tensors for ``layer`` to ``cluster`` with ``weight`` (e.g. its example count)."""
@@ -44,6 +53,7 @@ class ClusterSums:
                     acc[name].add_(scaled)
                 else:
                     acc[name] = scaled.clone()
+        self._memo.clear()
         lw = self.weights.setdefault(layer, {})
         lw[cluster] = lw.get(cluster, 0.0) + float(weight)
         self.total_weights[layer] = self.total_weights.get(layer, 0.0) + float(weight)
@@ -58,7 +68,9 @@ class ClusterSums:
     def total_mean(self, layer: int) -> Tensors:
         """Weighted mean over every client of ``layer``, whatever its cluster."""
         total = self.total_weights[layer]
-        return self._cast({name: t / total for name, t in self.totals[layer].items()})
+        mean = self._memoised(("total", layer, -1), lambda: self._cast({n: t / total for n, t in self.totals[layer].items()}))
+        assert mean is not None
+        return mean
 
     def cluster_mean(self, layer: int, cluster: int) -> Tensors:
         """Weighted mean over the members of ``cluster`` at ``layer`` (the cluster expert)."""
@@ -67,7 +79,9 @@ class ClusterSums:
             w = self.weights[layer][cluster]
         except KeyError as exc:
             raise KeyError(f"no uploads for layer {layer} cluster {cluster}") from exc
-        return self._cast({name: t / w for name, t in csum.items()})
+        mean = self._memoised(("cluster", layer, cluster), lambda: self._cast({n: t / w for n, t in csum.items()}))
+        assert mean is not None
+        return mean
 
     def external_mean(self, layer: int, cluster: int) -> Tensors | None:
         """Weighted mean over every client NOT in ``cluster`` at ``layer`` (the external expert).
@@ -82,7 +96,8 @@ class ClusterSums:
         if rest <= 0:
             return None
         csum = self.sums[layer][cluster]
-        out: Tensors = {}
-        for name, total in self.totals[layer].items():
-            out[name] = (total - csum[name]) / rest if name in csum else total / rest
-        return self._cast(out)
+
+        def compute() -> Tensors:
+            return self._cast({n: (t - csum[n]) / rest if n in csum else t / rest for n, t in self.totals[layer].items()})
+
+        return self._memoised(("external", layer, cluster), compute)
