@@ -12,7 +12,8 @@ ways, one after the other in the same run on the same machine:
            payload, a ClientApp that echoes it (bench/transfer_flower.py, bench/flower_echo).
 
 Throughput = 2 workers x 2 directions x payload / seconds. Each cell is the fastest of --repeats
-round trips (the machine is shared: noise only ever adds time). For fp32 payloads fedtree also runs
+round trips (the machine is shared: noise only ever adds time); CPU = CPU seconds of the server and
+both workers (all threads) in that round trip, the less load-dependent measure. For fp32 payloads fedtree also runs
 with run.wire_dtype = bf16 (half the bytes on the wire, float32 on arrival).
 
     python bench/transfer.py            # 8, 64, 256 MiB x fp32, bf16   (make bench-transfer)
@@ -49,32 +50,41 @@ class Cell:
     seconds: float | None = None
     ok: bool = True
     note: str = ""
+    cpu: float | None = None  # CPU seconds of server + both workers in the fastest round trip
 
     def mbps(self, nbytes: int) -> float | None:
         return None if self.seconds is None else 4 * nbytes / (1 << 20) / self.seconds
 
 
-def _walls(results: Any, workers: int, repeats: int) -> tuple[list[float], bool]:
-    """Per repeat: last end - first start over the workers' (repeat, start, end, ok) records."""
-    spans: dict[int, list[tuple[float, float]]] = {}
+def _fastest(results: Any, workers: int, repeats: int) -> tuple[float, float, bool]:
+    """(wall, CPU) of the fastest repeat over the workers' records (repeat, start, end, ok,
+    own CPU, server CPU at start, server CPU at end); wall = last end - first start."""
+    spans: dict[int, list[tuple[float, float, float, float, float]]] = {}
     ok = True
     for _ in range(workers * repeats):
-        i, start, end, good = results.get(timeout=1800)
+        i, start, end, good, cpu, s0, s1 = results.get(timeout=1800)
         ok = ok and good
         if i >= 0:
-            spans.setdefault(i, []).append((start, end))
-    return [max(e for _, e in s) - min(b for b, _ in s) for s in spans.values()], ok
+            spans.setdefault(i, []).append((start, end, cpu, s0, s1))
+    rounds = [
+        (max(r[1] for r in s) - min(r[0] for r in s), sum(r[2] for r in s) + max(r[4] for r in s) - min(r[3] for r in s))
+        for s in spans.values()
+    ]
+    wall, cpu = min(rounds)
+    return wall, cpu, ok
 
 
 def run_fedtree(payload: Payload, repeats: int, run_extra: dict[str, Any] | None = None) -> Cell:
     with tempfile.TemporaryDirectory(prefix="fedtree-transfer-") as tmp:
         coord, target = transfer_fedtree.start_coordinator(Path(tmp), rounds=1 + repeats, run_extra=run_extra)
         results = CTX.Queue()
-        procs = [CTX.Process(target=transfer_fedtree.worker, args=(target, f"w{i}", payload, results)) for i in range(2)]
+        procs = [
+            CTX.Process(target=transfer_fedtree.worker, args=(target, coord.pid, f"w{i}", payload, results)) for i in range(2)
+        ]
         try:
             for p in procs:
                 p.start()
-            walls, ok = _walls(results, 2, repeats)
+            wall, cpu, ok = _fastest(results, 2, repeats)
             ok = ok and all(results.get(timeout=600)[3] for _ in procs)  # each worker's final echo check
             for p in procs:
                 p.join(60)
@@ -84,19 +94,20 @@ def run_fedtree(payload: Payload, repeats: int, run_extra: dict[str, Any] | None
                     p.kill()
             coord.terminate()
             coord.wait(30)
-    return Cell(min(walls), ok)
+    return Cell(wall, ok, cpu=cpu)
 
 
 def run_raw(nbytes: int, repeats: int) -> Cell:
     ports, stop, results, barrier = CTX.Queue(), CTX.Event(), CTX.Queue(), CTX.Barrier(2)
     server = CTX.Process(target=transfer_raw.serve, args=(nbytes, ports, stop))
     server.start()
-    target = f"127.0.0.1:{ports.get(timeout=60)}"
-    clients = [CTX.Process(target=transfer_raw.client, args=(target, nbytes, repeats, barrier, results)) for _ in range(2)]
+    port, pid = ports.get(timeout=60)
+    target = f"127.0.0.1:{port}"
+    clients = [CTX.Process(target=transfer_raw.client, args=(target, pid, nbytes, repeats, barrier, results)) for _ in range(2)]
     try:
         for c in clients:
             c.start()
-        walls, ok = _walls(results, 2, repeats)
+        wall, cpu, ok = _fastest(results, 2, repeats)
         for c in clients:
             c.join(60)
     finally:
@@ -105,7 +116,7 @@ def run_raw(nbytes: int, repeats: int) -> Cell:
         for p in (*clients, server):
             if p.is_alive():
                 p.kill()
-    return Cell(min(walls), ok)
+    return Cell(wall, ok, cpu=cpu)
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="round trips per cell (fastest reported)")
     parser.add_argument("--no-flower", action="store_true", help="skip the Flower column")
+    parser.add_argument("--no-wire", action="store_true", help="skip the bf16-on-the-wire fedtree column")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([8] if args.quick else [8, 64, 256])
     repeats = 2 if args.quick and args.repeats == 3 else args.repeats
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {mib} MiB {name}: raw grpc", file=sys.stderr, flush=True)
             raw = run_raw(payload.nbytes, repeats)
             wire = Cell(note="-")
-            if name == "fp32":
+            if name == "fp32" and not args.no_wire:
                 print(f"... {mib} MiB {name}: fedtree, bf16 on the wire", file=sys.stderr, flush=True)
                 wire = run_fedtree(payload, repeats, {"wire_dtype": "bf16"})
             wires[(mib, name)] = wire
@@ -162,17 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| payload | dtype | fedtree s | fedtree MB/s | raw grpc s | raw grpc MB/s | fedtree / raw throughput | "
-        "Flower s | Flower MB/s | Flower / fedtree time | fedtree bf16-wire s | echo ok |"
+        "fedtree CPU s | raw CPU s | raw / fedtree CPU | Flower s | Flower MB/s | Flower / fedtree time | "
+        "fedtree bf16-wire s | echo ok |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mib, name, payload, fed, raw, flw in rows:
         n = payload.nbytes
         share = None if fed.seconds is None or raw.seconds is None else 100 * raw.seconds / fed.seconds
         speedup = None if flw.seconds is None or fed.seconds is None else flw.seconds / fed.seconds
+        cpu_share = None if not fed.cpu or raw.cpu is None else 100 * raw.cpu / fed.cpu
         flw_s = _fmt(flw.seconds, ".2f") if flw.seconds is not None else flw.note
         print(
             f"| {mib} MiB | {name} | {_fmt(fed.seconds, '.3f')} | {_fmt(fed.mbps(n), '.0f')} | {_fmt(raw.seconds, '.3f')} | "
-            f"{_fmt(raw.mbps(n), '.0f')} | {_fmt(share, '.0f')}% | {flw_s} | {_fmt(flw.mbps(n), '.0f')} | "
+            f"{_fmt(raw.mbps(n), '.0f')} | {_fmt(share, '.0f')}% | {_fmt(fed.cpu, '.2f')} | {_fmt(raw.cpu, '.2f')} | "
+            f"{_fmt(cpu_share, '.0f')}% | {flw_s} | {_fmt(flw.mbps(n), '.0f')} | "
             f"{_fmt(speedup, '.1f')}{'x' if speedup else ''} | {_fmt(wires[(mib, name)].seconds, '.3f')} | "
             f"{'yes' if fed.ok and raw.ok and flw.ok and wires[(mib, name)].ok else 'NO'} |"
         )

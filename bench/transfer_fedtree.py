@@ -81,9 +81,12 @@ def start_coordinator(tmp: Path, rounds: int, run_extra: dict[str, Any] | None =
     return proc, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
-def worker(target: str, worker_id: str, payload: Payload, results: Any) -> None:
+def worker(target: str, coordinator_pid: int, worker_id: str, payload: Payload, results: Any) -> None:
     """Process entry point: join, push the payload in round 1, then echo every round's download."""
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    from transfer_raw import proc_cpu
+
     from common.chunking import Role
     from common.schema import schema_of
     from common.types import JoinRequest, PushHeader, TaskKind
@@ -100,13 +103,13 @@ def worker(target: str, worker_id: str, payload: Payload, results: Any) -> None:
             break
         if task.kind == TaskKind.WAIT:
             continue
-        start = time.perf_counter()
+        start, cpu, coord_cpu = time.perf_counter(), time.process_time(), proc_cpu(coordinator_pid)
         pulled = client.pull(task.round)
         update = {layer: roles[Role.CLUSTER] for layer, roles in pulled.items()} if pulled else adapter
         client.push(PushHeader(worker_id, task.round, f"{worker_id}-{task.round}", 10, {}), update, run.chunk_size)
-        end = time.perf_counter()
+        end, cpu = time.perf_counter(), time.process_time() - cpu
         if task.round > 1:
-            results.put((task.round - 2, start, end, True))
+            results.put((task.round - 2, start, end, True, cpu, coord_cpu, proc_cpu(coordinator_pid)))
             last = update
     client.close()
     ok = sorted(last) == sorted(adapter) and all(
@@ -114,4 +117,4 @@ def worker(target: str, worker_id: str, payload: Payload, results: Any) -> None:
         for layer, named in adapter.items()
         for n, t in named.items()
     )
-    results.put((-1, 0.0, 0.0, ok))
+    results.put((-1, 0.0, 0.0, ok, 0.0, 0.0, 0.0))

@@ -8,6 +8,7 @@ left are gRPC's own (HTTP/2 framing, flow control, copies into and out of the co
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,13 @@ from common.grpc_options import CHANNEL_OPTIONS, SERVER_OPTIONS
 
 SERVICE = "fedtree.bench.Raw"
 CHUNK = 1 << 20
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _identity(data: bytes) -> bytes:
@@ -57,12 +65,12 @@ def serve(payload_bytes: int, port_queue: Any, stop: Any) -> None:
     """Process entry point: serve until `stop` is set."""
     server = RawServer(payload_bytes)
     server.server.start()
-    port_queue.put(server.port)
+    port_queue.put((server.port, os.getpid()))
     stop.wait()
     server.server.stop(0)
 
 
-def client(target: str, payload_bytes: int, repeats: int, barrier: Barrier, results: Any) -> None:
+def client(target: str, server_pid: int, payload_bytes: int, repeats: int, barrier: Barrier, results: Any) -> None:
     """Process entry point: `repeats` x (pull the payload, push it back), each after a barrier."""
     channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
     pull = channel.unary_stream(f"/{SERVICE}/Pull", request_serializer=_identity, response_deserializer=_identity)
@@ -70,10 +78,10 @@ def client(target: str, payload_bytes: int, repeats: int, barrier: Barrier, resu
     grpc.channel_ready_future(channel).result(timeout=30)
     for i in range(repeats):
         barrier.wait()
-        start = time.perf_counter()
+        start, cpu, server_cpu = time.perf_counter(), time.process_time(), proc_cpu(server_pid)
         chunks = list(pull(b""))
         got = sum(len(c) for c in chunks)
         acked = int.from_bytes(push(iter(chunks)), "little")
-        end = time.perf_counter()
-        results.put((i, start, end, got == payload_bytes and acked == payload_bytes))
+        end, cpu, server_cpu = time.perf_counter(), time.process_time() - cpu, (server_cpu, proc_cpu(server_pid))
+        results.put((i, start, end, got == payload_bytes and acked == payload_bytes, cpu, *server_cpu))
     channel.close()
