@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import platform
 import sys
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 and 40 workers with 4 MB adapters")
     parser.add_argument("--workers", default=None, help="comma-separated worker counts (default 10,100,400)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the light workers' retry warnings would drown the table
     counts = [int(n) for n in (args.workers or ("10,40" if args.quick else "10,100,400")).split(",")]
     layers = LAYERS // 4 if args.quick else LAYERS
     mb = layers * 2 * 2 * HIDDEN * RANK * 4 / 2**20

@@ -167,6 +167,11 @@ class CoordinatorConfig(_Frozen):
     dashboard_port: int | None = Field(None, ge=0, le=65535, description="Serve the web dashboard on this port; None = off.")
     dashboard_host: str = Field("127.0.0.1", description="Interface the dashboard binds.")
     max_blob_bytes: int = Field(256 << 20, ge=1024, description="Largest accepted per-layer blob.")
+    server_threads: int = Field(
+        256,
+        ge=8,
+        description="gRPC handler threads. A long-polling or uploading worker holds one: keep it above the number of workers.",
+    )
     max_concurrent_pushes: int = Field(
         16, ge=1, description="Pushes received at once (each is held whole until valid); more wait for a slot."
     )

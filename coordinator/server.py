@@ -36,14 +36,14 @@ ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 class Coordinator:
     """A running coordinator. `start()` binds and serves; `stop()` drains gracefully."""
 
-    def __init__(self, config: CoordinatorConfig, max_workers: int = 64) -> None:
+    def __init__(self, config: CoordinatorConfig) -> None:
         if config.run.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{config.run.strategy}'; choose one of {sorted(STRATEGIES)}")
         self.config = config
         self.store = StateStore(config.state_dir)
         self.engine = RoundEngine(config, self.store)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
+            futures.ThreadPoolExecutor(max_workers=config.server_threads, thread_name_prefix="grpc"),
             options=SERVER_OPTIONS,
             interceptors=[TokenAuth(config.worker_token, config.admin_token), PushLimit(config.max_concurrent_pushes)],
         )
