@@ -320,12 +320,16 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         parts = partition_federation(list(tasks), setup.workers, setup.train_size, setup.val_size, alpha=0.5, seed=0)
         write_partitions(parts, data)
-        for name in [b for b in args.baselines.split(",") if b]:
-            base[name] = baseline(setup, data, Path(tmp) / f"local-{name}", evaluate=name == "train+eval")
-            print(f"  local {name}: {base[name]['per_round']:.2f} s per round", flush=True)
-        for strategy in [s for s in args.strategies.split(",") if s]:
-            fed.append(federated(strategy, setup, data, Path(tmp) / strategy))
-            print(f"  federated {strategy}: {_mean(fed[-1]['rounds'], 'wall'):.2f} s per round", flush=True)
+        baselines = [b for b in args.baselines.split(",") if b]
+        strategies = [s for s in args.strategies.split(",") if s]
+        for i in range(max(len(baselines), len(strategies))):  # interleaved: load drifts hit both kinds
+            if i < len(baselines):
+                name = baselines[i]
+                base[name] = baseline(setup, data, Path(tmp) / f"local-{name}", evaluate=name == "train+eval")
+                print(f"  local {name}: {base[name]['per_round']:.2f} s per round", flush=True)
+            if i < len(strategies):
+                fed.append(federated(strategies[i], setup, data, Path(tmp) / strategies[i]))
+                print(f"  federated {strategies[i]}: {_mean(fed[-1]['rounds'], 'wall'):.2f} s per round", flush=True)
     text = report(fed, base, setup, time.monotonic() - started, args.quick)
     print("\n" + text)
     if args.json:
