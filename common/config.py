@@ -175,6 +175,9 @@ class CoordinatorConfig(_Frozen):
     max_concurrent_pushes: int = Field(
         16, ge=1, description="Pushes received at once (each is held whole until valid); more wait for a slot."
     )
+    max_concurrent_pulls: int = Field(
+        16, ge=1, description="Pulls streamed at once (gRPC queues a stream's chunks ahead of the reader); more wait."
+    )
     torch_threads: int = Field(
         1,
         ge=0,

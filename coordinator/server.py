@@ -19,7 +19,7 @@ from coordinator.admin import AdminView
 from coordinator.admin_servicer import AdminServicer
 from coordinator.auth import TokenAuth
 from coordinator.engine import RoundEngine
-from coordinator.limits import PushLimit
+from coordinator.limits import TransferLimit
 from coordinator.servicer import FederationServicer, add_federation_servicer
 from coordinator.state import StateStore
 from coordinator.strategies import STRATEGIES
@@ -45,7 +45,7 @@ class Coordinator:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.server_threads, thread_name_prefix="grpc"),
             options=SERVER_OPTIONS,
-            interceptors=[TokenAuth(config.worker_token, config.admin_token), PushLimit(config.max_concurrent_pushes)],
+            interceptors=[TokenAuth(config.worker_token, config.admin_token), TransferLimit(config.max_concurrent_pushes, config.max_concurrent_pulls)],
         )
         add_federation_servicer(  # the generated registration, with faster bulk transfers (coordinator/servicer.py)
             FederationServicer(self.engine, config.max_blob_bytes, require_identity=bool(config.tls and config.tls.client_ca)),
