@@ -37,6 +37,7 @@ GENERATION_DEFAULTS = {
     "learning_rate": 1e-3,
     "max_seq_length": 128,
     "warmup_rounds": 1,
+    "linger": 30.0,
 }
 
 
@@ -73,14 +74,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="coordinator gRPC port (0 = any free port)")
     p.add_argument("--dashboard-port", type=int, default=None, help="serve the web dashboard on this port")
     p.add_argument("--admin-token", default="demo-admin", help="token for `fedtree admin` against this demo")
-    p.add_argument("--linger", type=float, default=3.0, help="seconds the coordinator keeps serving after the run")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        help="seconds the coordinator keeps serving after the run (default 3; generation: 30, as the final PEFT export "
+        "of a causal LM takes a while)",
+    )
     p.add_argument("--out", type=Path, default=Path("demo-run"), help="run directory (wiped first)")
     p.add_argument(
         "--extra", action="append", default=[], metavar="KEY=VALUE", help="extra run config, e.g. fedtree.warmup_rounds=2"
     )
     args = p.parse_args(argv)
     classification = {"rounds": 5, "train_size": 240, "val_size": 120, "local_epochs": 2, "learning_rate": 5e-4}
-    classification |= {"max_seq_length": 64, "warmup_rounds": 2}
+    classification |= {"max_seq_length": 64, "warmup_rounds": 2, "linger": 3.0}
     defaults = GENERATION_DEFAULTS if args.task == "generation" else classification
     for key, value in defaults.items():
         if getattr(args, key) is None:
