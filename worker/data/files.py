@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ def _to_example(row: Mapping[str, Any], path: Path, line_no: int, text_field: st
     return Example(text=text, label=str(row[label_field]))
 
 
-def _read_jsonl(path: Path, text_field: str, label_field: str) -> list[Example]:
-    examples: list[Example] = []
+def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; ValueError names file and line otherwise."""
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
@@ -41,8 +41,11 @@ def _read_jsonl(path: Path, text_field: str, label_field: str) -> list[Example]:
                 raise ValueError(f"{path}: line {line_no}: invalid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
-            examples.append(_to_example(row, path, line_no, text_field, label_field))
-    return examples
+            yield line_no, row
+
+
+def _read_jsonl(path: Path, text_field: str, label_field: str) -> list[Example]:
+    return [_to_example(row, path, line_no, text_field, label_field) for line_no, row in iter_jsonl_objects(path)]
 
 
 def _read_csv(path: Path, text_field: str, label_field: str) -> list[Example]:

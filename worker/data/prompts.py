@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.data.files import iter_jsonl_objects
+
 __all__ = ["PromptExample", "read_prompt_examples", "first_record_keys", "write_prompt_jsonl"]
 
 
@@ -32,29 +34,19 @@ def read_prompt_examples(path: Path, prompt_field: str = "prompt", response_fiel
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{path}: causal_lm data must be .jsonl, got {path.suffix!r}")
     out: list[PromptExample] = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {line_no}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
-            for name in (prompt_field, response_field):
-                if not isinstance(row.get(name), str):
-                    raise ValueError(f"{path}: line {line_no}: field {name!r} must be a string")
-            scorer = row.get("scorer")
-            entry = row.get("entry")
-            out.append(
-                PromptExample(
-                    row[prompt_field],
-                    row[response_field],
-                    scorer if isinstance(scorer, str) else None,
-                    entry if isinstance(entry, dict) else None,
-                )
+    for line_no, row in iter_jsonl_objects(path):
+        for name in (prompt_field, response_field):
+            if not isinstance(row.get(name), str):
+                raise ValueError(f"{path}: line {line_no}: field {name!r} must be a string")
+        scorer, entry = row.get("scorer"), row.get("entry")
+        out.append(
+            PromptExample(
+                row[prompt_field],
+                row[response_field],
+                scorer if isinstance(scorer, str) else None,
+                entry if isinstance(entry, dict) else None,
             )
+        )
     return out
 
 
