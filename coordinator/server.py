@@ -45,7 +45,10 @@ class Coordinator:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.server_threads, thread_name_prefix="grpc"),
             options=SERVER_OPTIONS,
-            interceptors=[TokenAuth(config.worker_token, config.admin_token), TransferLimit(config.max_concurrent_pushes, config.max_concurrent_pulls)],
+            interceptors=[
+                TokenAuth(config.worker_token, config.admin_token),
+                TransferLimit(config.max_concurrent_pushes, config.max_concurrent_pulls),
+            ],
         )
         add_federation_servicer(  # the generated registration, with faster bulk transfers (coordinator/servicer.py)
             FederationServicer(self.engine, config.max_blob_bytes, require_identity=bool(config.tls and config.tls.client_ca)),
