@@ -102,11 +102,12 @@ def start_coordinator(tmp: Path, cfg: dict[str, object]) -> tuple[subprocess.Pop
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "coordinator.log", "wb"),  # noqa: SIM115 - the process owns it
     )
+    deadline = time.monotonic() + 120
     while not port_file.exists():
-        if coord.poll() is not None:
-            raise RuntimeError(f"coordinator exited with {coord.returncode}: {(tmp / 'coordinator.log').read_text()[-2000:]}")
+        if coord.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"coordinator did not start: {(tmp / 'coordinator.log').read_text()[-2000:]}")
         time.sleep(0.1)
-    return coord, f"127.0.0.1:{port_file.read_text()}"
+    return coord, f"127.0.0.1:{port_file.read_text().strip()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +54,8 @@ class Payload:
 
 def start_coordinator(tmp: Path, rounds: int, run_extra: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """A coordinator process on loopback for 2 workers; returns (process, target)."""
+    from load import start_coordinator as start  # bench/ is on sys.path (transfer.py puts it there)
+
     cfg = {
         "host": "127.0.0.1",
         "port": 0,
@@ -65,20 +66,7 @@ def start_coordinator(tmp: Path, rounds: int, run_extra: dict[str, Any] | None =
         "log_level": "WARNING",
         "run": {"strategy": "fedit", "rounds": rounds, "min_workers": 2, "round_deadline_s": 900, **(run_extra or {})},
     }
-    (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-    port_file = tmp / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "--config", str(tmp / "c.yaml"), "--port-file", str(port_file)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "coordinator.log", "wb"),  # noqa: SIM115
-    )
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"coordinator did not start: {(tmp / 'coordinator.log').read_text()[-2000:]}")
-        time.sleep(0.1)
-    return proc, f"127.0.0.1:{port_file.read_text().strip()}"
+    return start(tmp, cfg)
 
 
 def worker(target: str, coordinator_pid: int, worker_id: str, payload: Payload, results: Any) -> None:
