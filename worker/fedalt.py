@@ -32,8 +32,10 @@ class RestOfWorldMixer(TwoAdapters):
             torch.nn.init.zeros_(mixer.bias)
             self.mixers[key] = mixer
             self._hooks.append(module.register_forward_pre_hook(self._gate(key)))
-            self._hooks.append(module.lora_B["default"].register_forward_hook(self._scale(key, 0)))
-            self._hooks.append(module.lora_B[EXTERNAL].register_forward_hook(self._scale(key, 1)))
+            # g * B(A x) = B(g * A x) for a per-token g: scaling A's rank-r output is the same function
+            # with r / out_features the elementwise work (the mixed experts do the same)
+            self._hooks.append(module.lora_A["default"].register_forward_hook(self._scale(key, 0)))
+            self._hooks.append(module.lora_A[EXTERNAL].register_forward_hook(self._scale(key, 1)))
         lm.model.add_module("fedalt_mixers", self.mixers)  # trained locally, never uploaded
 
     def _gate(self, key: str):  # type: ignore[no-untyped-def]
