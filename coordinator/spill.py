@@ -57,6 +57,13 @@ class Uploads:
     def layers(self, worker: str) -> list[int]:
         return sorted(self._memory[worker] if self.spill_dir is None else self._layers[worker])
 
+    def get(self, worker: str) -> LayerTensors:
+        """One worker's whole upload (its file read once when spilled)."""
+        if self.spill_dir is None:
+            return self._memory[worker]
+        with safe_open(str(self._path(worker)), framework="pt") as f:
+            return {layer: {n: f.get_tensor(f"{layer}/{n}") for n in names} for layer, names in self._layers[worker].items()}
+
     def layer(self, worker: str, layer: int) -> Tensors:
         """One layer of one worker's upload (read from its file when spilled)."""
         if self.spill_dir is None:

@@ -123,12 +123,10 @@ class FedTree(Strategy):
             layer: dict(zip(workers, (int(c) for c in labels[i]), strict=True)) for i, layer in enumerate(self.all_layers())
         }
         self.experts = ClusterSums()
-        for worker in workers:
-            for layer in self._uploads.layers(worker):
-                cluster = self.assignment[layer][worker]
-                self.robust.add(
-                    self.experts.add, layer, cluster, self._uploads.layer(worker, layer), self._uploads.weight(worker)
-                )
+        for worker in workers:  # one worker's upload in memory at a time, its file read once
+            weight = self._uploads.weight(worker)
+            for layer, tensors in self._uploads.get(worker).items():
+                self.robust.add(self.experts.add, layer, self.assignment[layer][worker], tensors, weight)
         self.robust.flush(self.experts.add)
         log.info("[%s] clusters built after round %d over %d workers; per layer %s", self.name, round, len(workers), self.cuts)
         for line in (dendrogram(self.tree) if self.tree else []) + layer_groups(self.clusters()):

@@ -50,7 +50,7 @@ def test_centered_clip_bounds_one_outlier() -> None:
     # a fixed bound: the outlier's pull is at most clip_norm / n in norm
     bounded = centered_clip(updates, weights, clip_norm=0.5)
     centre = coordinate_median(torch.stack([u[A] for u in updates]))
-    assert (bounded[A] - centre).norm() <= 0.5 / 8 * 8  # every delta clipped to 0.5, averaged
+    assert (bounded[A] - centre).norm() <= 0.5 + 1e-6  # a mean of deltas each clipped to norm 0.5
 
 
 def test_clip_leaves_agreeing_updates_alone() -> None:

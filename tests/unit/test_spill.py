@@ -26,6 +26,9 @@ def test_put_and_read_back_layer_by_layer(tmp_path: Path, spill: bool) -> None:
     got = uploads.layer("w/1", 4)
     assert sorted(got) == ["a", "b"] and got["b"].dtype == torch.bfloat16
     torch.testing.assert_close(got["a"], torch.full((2, 3), 5.0))
+    whole = uploads.get("w0")
+    assert sorted(whole) == [0, 4]
+    torch.testing.assert_close(whole[4]["a"], torch.full((2, 3), 6.0))
     uploads.clear()
     assert len(uploads) == 0 and not (tmp_path / "spill").exists()
 
