@@ -176,7 +176,7 @@ def local_child(spec: dict[str, Any]) -> int:
     torch.set_num_threads(1)
     run = RunConfig.model_validate(spec["run"])
     data = load_local_data(DataConfig(dir=Path(spec["data_dir"])))
-    lm = build_model(default_model_path(), len(data.labels), run.lora, run.seed, run.train.train_head)
+    lm = build_model(default_model_path(), data.label_keys, run.lora, run.seed, run.train.train_head)
     Path(spec["ready"]).touch()
     while not Path(spec["go"]).exists():
         time.sleep(0.01)

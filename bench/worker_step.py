@@ -84,7 +84,7 @@ def build_variants(args: argparse.Namespace, cfg: TrainConfig) -> tuple[dict[str
     variants: dict[str, Callable[[], float]] = {}
     batch: dict[str, torch.Tensor] = {}
     for name in args.variants:
-        lm = build_model(model_path, len(part.labels), lora, seed=0, train_head=True)
+        lm = build_model(model_path, part.labels, lora, seed=0, train_head=True)
         lm.load_layers(random_layers(lm, 1))  # a trained-looking cluster/own adapter (B != 0)
         if not batch:
             enc = lm.tokenizer(

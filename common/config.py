@@ -36,6 +36,9 @@ class LoraConfig(_Frozen):
     )
 
 
+HeadMode = Literal["frozen", "local", "cluster"]
+
+
 class TrainConfig(_Frozen):
     local_epochs: int = Field(2, ge=0, description="Local epochs per round (ignored when local_steps > 0).")
     local_steps: int = Field(0, ge=0, description="Fixed number of local optimiser steps per round; 0 = use epochs.")
@@ -43,9 +46,27 @@ class TrainConfig(_Frozen):
     learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate of the LoRA parameters.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
     max_seq_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
-    train_head: bool = Field(
-        True, description="Train the classifier head locally (it is never uploaded). False keeps it frozen at the seeded init."
+    head_mode: HeadMode = Field(
+        "local",
+        description="Classifier head: frozen (seeded name-keyed init, never trained: the FedLEASE/FedRoRA protocol), "
+        "local (trained, never uploaded) or cluster (trained, averaged per label name inside the worker's cluster).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_head_alias(cls, data: Any) -> Any:
+        """The former `train_head: bool` still reads: true = head_mode local, false = frozen."""
+        if isinstance(data, dict) and "train_head" in data:
+            data = dict(data)
+            flag = data.pop("train_head")
+            if "head_mode" in data:
+                raise ValueError("set head_mode or the deprecated train_head, not both")
+            data["head_mode"] = "local" if str(flag).lower() in ("true", "1", "yes") else "frozen"
+        return data
+
+    @property
+    def train_head(self) -> bool:
+        return self.head_mode != "frozen"
 
 
 class GenerationConfig(_Frozen):
@@ -69,6 +90,9 @@ class FedTreeConfig(_Frozen):
     metric: Literal["euclidean", "cosine"] = Field("euclidean", description="Distance between clients' B matrices.")
     rebuild_every: int = Field(0, ge=0, description="Rebuild the tree every N rounds after warmup; 0 = only once.")
     theta_lr: float = Field(1e-2, gt=0, description="Learning rate of the mixing logits theta (own optimiser group).")
+    lambda_init: float = Field(
+        0.5, gt=0, lt=1, description="Initial lambda = sigmoid(theta) of every split layer (0.5 = theta 0, the paper's)."
+    )
     fixed_k: int | None = Field(None, ge=1, description="Ablation: every layer uses this many clusters of the tree.")
     cluster_only: bool = Field(False, description="Ablation: lambda = 1 everywhere (no external expert).")
 
@@ -202,6 +226,11 @@ class DataConfig(_Frozen):
     prompt_field: str = Field("prompt", description="causal_lm: key holding the instruction / prompt.")
     response_field: str = Field("response", description="causal_lm: key holding the reference response.")
     labels: tuple[str, ...] | None = Field(None, description="Label set; None = meta.json's, else the sorted labels seen.")
+    task: str | None = Field(
+        None,
+        description="Namespace of the label names (e.g. 'sentiment'): head rows are keyed 'task/label', so the same "
+        "bare label ('0', 'positive') of two different tasks gets different rows. None = meta.json's task, else none.",
+    )
 
 
 class WorkerConfig(_Frozen):

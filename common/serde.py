@@ -53,6 +53,7 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             weight_decay=run.train.weight_decay,
             max_seq_length=run.train.max_seq_length,
             train_head=run.train.train_head,
+            head_mode=run.train.head_mode,
             task=run.task,
             max_new_tokens=run.generation.max_new_tokens,
             num_beams=run.generation.num_beams,
@@ -67,6 +68,7 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             theta_lr=run.fedtree.theta_lr,
             fixed_k=run.fedtree.fixed_k or 0,
             cluster_only=run.fedtree.cluster_only,
+            lambda_init=run.fedtree.lambda_init,
         ),
         dp_clip_norm=run.privacy.clip_norm or 0.0,
         dp_noise_multiplier=run.privacy.noise_multiplier,
@@ -85,7 +87,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         learning_rate=msg.train.learning_rate,
         weight_decay=msg.train.weight_decay,
         max_seq_length=msg.train.max_seq_length,
-        train_head=msg.train.train_head,
+        head_mode=msg.train.head_mode or ("local" if msg.train.train_head else "frozen"),  # type: ignore[arg-type]
     )
     ft = msg.fedtree
     fedtree = FedTreeConfig(
@@ -98,6 +100,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         theta_lr=ft.theta_lr,
         fixed_k=ft.fixed_k or None,
         cluster_only=ft.cluster_only,
+        lambda_init=ft.lambda_init or 0.5,
     )
     generation = GenerationConfig(max_new_tokens=msg.train.max_new_tokens or 32, num_beams=msg.train.num_beams or 1)
     run = RunConfig(

@@ -35,7 +35,14 @@ class Restored:
 
 
 def save_checkpoint(
-    out_dir: Path, lm: LoraModel, mixed: MixedExperts | None, run: RunConfig, labels: list[str], model_path: Path, round: int
+    out_dir: Path,
+    lm: LoraModel,
+    mixed: MixedExperts | None,
+    run: RunConfig,
+    labels: list[str],
+    model_path: Path,
+    round: int,
+    label_keys: list[str] | None = None,
 ) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     for layer, named in lm.layers().items():
@@ -48,6 +55,7 @@ def save_checkpoint(
     meta = {
         "run": run.model_dump(mode="json"),
         "labels": labels,
+        "label_keys": label_keys if label_keys is not None else labels,
         "model_path": str(model_path),
         "round": round,
         "mixed": mixed is not None,
@@ -77,7 +85,8 @@ def load_checkpoint(out_dir: Path) -> Restored:
     tensors, meta = _read(out_dir)
     run = RunConfig.model_validate(meta["run"])
     model_path = Path(meta["model_path"])
-    lm = build_model(model_path, len(meta["labels"]), run.lora, run.seed, run.train.train_head, run.task)
+    keys = meta.get("label_keys") or meta["labels"]
+    lm = build_model(model_path, keys, run.lora, run.seed, run.train.train_head, run.task)
     return Restored(lm, _restore(lm, tensors, meta), run, list(meta["labels"]), model_path, int(meta["round"]))
 
 
@@ -96,7 +105,7 @@ def _restore(lm: LoraModel, tensors: dict[str, torch.Tensor], meta: dict[str, An
     if not meta["mixed"]:
         return None
     run = RunConfig.model_validate(meta["run"])
-    mixed = MixedExperts(lm, run.lora)
+    mixed = MixedExperts(lm, run.lora, run.fedtree.lambda_init)
     _restore_mixed(mixed, tensors, meta)
     return mixed
 

@@ -6,6 +6,7 @@ record (it has the prompt and response fields and no text field)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from common.errors import ConfigError
 from worker.data import Example, read_examples
 from worker.data.partition import read_partition_meta
 from worker.data.prompts import PromptExample, first_record_keys, read_prompt_examples
+from worker.model import label_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,10 +25,15 @@ class LocalData:
     train: list[Example]
     val: list[Example]
     labels: tuple[str, ...]
+    task: str | None = None  # the labels' namespace (head rows are keyed task/label)
 
     @property
     def label_ids(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.labels)}
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        return tuple(label_key(label, self.task) for label in self.labels)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class PromptData:
     train: list[PromptExample]
     val: list[PromptExample]
     labels: tuple[str, ...] = ()
+    label_keys: tuple[str, ...] = ()
 
     @property
     def label_ids(self) -> dict[str, int]:
@@ -89,11 +99,24 @@ def load_local_data(cfg: DataConfig) -> LocalData:
     if not train:
         raise ConfigError(f"{train_path} holds no examples")
     labels = cfg.labels
-    if labels is None and cfg.dir is not None and (cfg.dir / "meta.json").exists():
-        labels = tuple(read_partition_meta(cfg.dir)["labels"])
+    meta = read_partition_meta(cfg.dir) if cfg.dir is not None and (cfg.dir / "meta.json").exists() else {}
+    if labels is None and meta:
+        labels = tuple(meta["labels"])
+    task = cfg.task or meta.get("task")
     if labels is None:
         labels = tuple(sorted({e.label for e in train} | {e.label for e in val}))
     unknown = sorted({e.label for e in train + val} - set(labels))
     if unknown:
         raise ConfigError(f"labels {unknown} in the data are not in the configured label set {list(labels)}")
-    return LocalData(train, val, tuple(labels))
+    if task is None and any(_bare(label) for label in labels):
+        log.warning(
+            "labels %s have no task namespace: their head rows collide with any other task's labels of the same "
+            "names; set data.task (or 'task' in meta.json)",
+            list(labels)[:5],
+        )
+    return LocalData(train, val, tuple(labels), task)
+
+
+def _bare(label: str) -> bool:
+    """A label name that other tasks likely use too: an integer, or a one-character name."""
+    return label.strip().lstrip("-").isdigit() or len(label.strip()) <= 1

@@ -13,6 +13,7 @@ Only the cluster expert and theta train; the external expert is frozen.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -74,9 +75,10 @@ class TwoAdapters:
 
 
 class MixedExperts(TwoAdapters):
-    def __init__(self, lm: LoraModel, lora: LoraConfig) -> None:
+    def __init__(self, lm: LoraModel, lora: LoraConfig, lambda_init: float = 0.5) -> None:
         super().__init__(lm, lora)
-        self.theta = torch.nn.ParameterDict({str(layer): torch.nn.Parameter(torch.zeros(())) for layer in lm.params})
+        theta0 = math.log(lambda_init / (1.0 - lambda_init))  # sigmoid(theta0) = lambda_init
+        self.theta = torch.nn.ParameterDict({str(layer): torch.nn.Parameter(torch.full((), theta0)) for layer in lm.params})
         lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
         self.pinned: set[int] = set(lm.params)  # lam = 1 until an external expert arrives
         for layer, _, module in self.lora_modules():

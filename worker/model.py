@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +102,19 @@ def _is_head(name: str) -> bool:
 
 
 def build_model(
-    model_path: Path, num_labels: int, lora: LoraConfig, seed: int, train_head: bool, task: str = "classification"
+    model_path: Path,
+    label_keys: Sequence[str],
+    lora: LoraConfig,
+    seed: int,
+    train_head: bool,
+    task: str = "classification",
 ) -> LoraModel:
     """Load the base model, seed its head, apply LoRA with the run's seed; only LoRA (+head) train.
 
-    task "causal_lm" loads a causal LM instead (no head; `num_labels` and `train_head` unused)."""
+    `label_keys` are the worker's labels in its own order, namespaced (`label_key`): row i of the
+    head is label i's, initialised from that label's own generator (`seeded_init`).
+    task "causal_lm" loads a causal LM instead (no head; `label_keys` and `train_head` unused)."""
+    num_labels = len(label_keys)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
@@ -139,7 +148,7 @@ def build_model(
         raise ConfigError(f"target_modules {list(lora.target_modules)} matched no module of {model_path}")
     first = next(n for n, _ in model.named_parameters() if "lora_" in n)
     lm = LoraModel(model, tokenizer, dict(sorted(params.items())), "", layer_prefix(first))
-    seeded_init(lm, seed)
+    seeded_init(lm, seed, label_keys)
     for param in lm.head_parameters():
         param.requires_grad_(train_head)
     fingerprint = _fingerprint(base_digest, lora, seed, params)
@@ -151,12 +160,24 @@ def _generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
 
 
+def label_key(label: str, task: str | None) -> str:
+    """The name a label's head row is keyed by: `task/label`, or the bare label without a task."""
+    return f"{task}/{label}" if task else label
+
+
 @torch.no_grad()
-def seeded_init(lm: LoraModel, seed: int) -> None:
+def seeded_init(lm: LoraModel, seed: int, label_keys: Sequence[str] = ()) -> None:
     """Initialise LoRA A (kaiming-uniform, as peft does), B = 0 and the head from the run seed.
 
     Each tensor draws from its own generator keyed by (seed, name): the init is identical on
     every worker, independent of the global RNG, of other threads and of initialisation order.
+    The head's per-label rows (a head tensor whose first dimension is the label count) are keyed
+    by LABEL NAME instead: row i comes from the generator of (seed, "head/" + label_keys[i]), so
+    two workers that share a label share its row whatever their label order, and different
+    labels never share one (with index-keyed rows, clients of unrelated tasks skewed to the same
+    label indices push their B towards the same rows and the tree groups them by skew:
+    docs/ALGORITHM.md, "Shared init"). Biases start at zero; other head weights (e.g. a dense
+    layer before the output projection) stay keyed by parameter name.
     """
     for layer, named in lm.params.items():
         for name, param in named.items():
@@ -167,11 +188,15 @@ def seeded_init(lm: LoraModel, seed: int) -> None:
                 param.zero_()
     std = float(getattr(lm.model.config, "initializer_range", 0.02))
     for name, param in lm.model.named_parameters():
-        if _is_head(name):
-            if param.dim() > 1:
-                param.normal_(0.0, std, generator=_generator(seed, name))
-            else:
-                param.zero_()
+        if not _is_head(name):
+            continue
+        if param.dim() == 1:
+            param.zero_()
+        elif label_keys and param.shape[0] == len(label_keys):
+            for row, key in zip(param, label_keys, strict=True):
+                row.normal_(0.0, std, generator=_generator(seed, f"head/{key}"))
+        else:
+            param.normal_(0.0, std, generator=_generator(seed, name))
 
 
 def _digest_base(model: torch.nn.Module) -> str:

@@ -69,7 +69,7 @@ class Worker:
             have = "prompt/response pairs" if isinstance(self.data, PromptData) else "labelled texts"
             raise ConfigError(f"run task is {run.task} but this worker's data holds {have}")
         self.model_path = Path(self.config.model_path or default_model_path(run.task))
-        self.lm = build_model(self.model_path, len(self.data.labels), run.lora, run.seed, run.train.train_head, run.task)
+        self.lm = build_model(self.model_path, self.data.label_keys, run.lora, run.seed, run.train.train_head, run.task)
         if run.strategy == "ffa":  # FFA-LoRA: A stays at the shared seeded init
             for named in self.lm.params.values():
                 for name, param in named.items():
@@ -221,7 +221,7 @@ class Worker:
             self.alt.load(pulled)
         elif self.run.strategy == "fedtree" and round > self.run.fedtree.warmup_rounds:
             if self.mixed is None:
-                self.mixed = MixedExperts(self.lm, self.run.lora)
+                self.mixed = MixedExperts(self.lm, self.run.lora, self.run.fedtree.lambda_init)
                 log.info("[Worker] round %d: switching to mixed cluster/external experts", round)
             self.mixed.load(pulled)
         else:
@@ -236,7 +236,9 @@ class Worker:
         """Checkpoint the local state; on the last rounds also export the personalised model
         as a PEFT adapter directory (`python -m worker export` does it from the checkpoint)."""
         assert self.lm is not None and self.run is not None and self.model_path is not None
-        save_checkpoint(self.out, self.lm, self.mixed, self.run, list(self.data.labels), self.model_path, round)
+        save_checkpoint(
+            self.out, self.lm, self.mixed, self.run, list(self.data.labels), self.model_path, round, list(self.data.label_keys)
+        )
         if export:
             export_adapter(
                 self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter", self.run.task

@@ -75,7 +75,7 @@ def test_generation_and_rouge_on_a_tiny_llama(tiny_llama_dir) -> None:
         lora={"rank": 8, "alpha": 16},
         train={"local_steps": 30, "batch_size": 4, "learning_rate": 3e-2, "max_seq_length": 32, "weight_decay": 0.0},
     )
-    lm = build_model(tiny_llama_dir, 0, run.lora, seed=0, train_head=False, task="causal_lm")
+    lm = build_model(tiny_llama_dir, (), run.lora, seed=0, train_head=False, task="causal_lm")
     train = [PromptExample(f"copy: {w}", "blue moon") for w in "cat dog sun red tree lake fish bird".split()]
     val = [PromptExample("copy: one", "blue moon"), PromptExample("copy: six", "blue moon")]
     greedy = GenerationConfig(max_new_tokens=6, num_beams=1)

@@ -15,7 +15,7 @@ from worker.model import build_model
 @torch.no_grad()
 def test_every_adapted_module_mixes_both_adapters_per_token(tiny_model_dir: Path) -> None:
     lora = LoraConfig(rank=4, alpha=8.0)
-    lm = build_model(tiny_model_dir, 2, lora, seed=0, train_head=True)
+    lm = build_model(tiny_model_dir, ("a", "b"), lora, seed=0, train_head=True)
     mixer = RestOfWorldMixer(lm, lora)
     gen = torch.Generator().manual_seed(1)
     for _layer, _name, module in mixer.lora_modules():

@@ -52,7 +52,7 @@ def make_mixed(lm: LoraModel, pinned_layer: int | None) -> MixedExperts:
 
 
 def check_export(model_path: Path, tmp_path: Path, mixed_mode: bool) -> None:
-    lm = build_model(model_path, 3, LORA, seed=0, train_head=True)
+    lm = build_model(model_path, ("a", "b", "c"), LORA, seed=0, train_head=True)
     lm.load_layers(randomise(lm, 0))
     with torch.no_grad():
         for p in lm.head_parameters():
@@ -79,7 +79,7 @@ def test_export_reproduces_logits_minilm(tmp_path: Path) -> None:
 
 def test_mixed_forward_matches_formula(tiny_model_dir: Path) -> None:
     """h = W0 x + s (lam B_c A_c x + (1-lam) B_e A_e x) on one adapted module."""
-    lm = build_model(tiny_model_dir, 2, LORA, seed=0, train_head=True)
+    lm = build_model(tiny_model_dir, ("a", "b"), LORA, seed=0, train_head=True)
     mixed = make_mixed(lm, pinned_layer=None)
     module = lm.model.base_model.model.bert.encoder.layer[1].attention.self.query
     x = torch.randn(5, module.in_features)
@@ -94,7 +94,7 @@ def test_mixed_forward_matches_formula(tiny_model_dir: Path) -> None:
 
 
 def test_only_cluster_expert_and_theta_train(tiny_model_dir: Path) -> None:
-    lm = build_model(tiny_model_dir, 2, LORA, seed=0, train_head=False)
+    lm = build_model(tiny_model_dir, ("a", "b"), LORA, seed=0, train_head=False)
     mixed = make_mixed(lm, pinned_layer=0)
     trainable = {n for n, p in lm.model.named_parameters() if p.requires_grad}
     assert all(".external." not in n for n in trainable)
@@ -109,7 +109,7 @@ def test_only_cluster_expert_and_theta_train(tiny_model_dir: Path) -> None:
 
 
 def test_personalised_layers_shapes(tiny_model_dir: Path) -> None:
-    lm = build_model(tiny_model_dir, 2, LORA, seed=0, train_head=True)
+    lm = build_model(tiny_model_dir, ("a", "b"), LORA, seed=0, train_head=True)
     mixed = make_mixed(lm, pinned_layer=0)
     layers, mult = personalised_layers(lm, mixed)
     assert mult == 2
@@ -125,7 +125,7 @@ def test_checkpoint_round_trip_restores_the_personalised_model(tiny_model_dir: P
     from worker.checkpoint import load_checkpoint, resume, save_checkpoint
 
     run = RunConfig(lora=LORA)
-    lm = build_model(tiny_model_dir, 3, LORA, seed=0, train_head=True)
+    lm = build_model(tiny_model_dir, ("a", "b", "c"), LORA, seed=0, train_head=True)
     lm.load_layers(randomise(lm, 0))
     mixed = make_mixed(lm, pinned_layer=0)
     expected = logits(lm.model, lm)
@@ -133,7 +133,7 @@ def test_checkpoint_round_trip_restores_the_personalised_model(tiny_model_dir: P
     restored = load_checkpoint(tmp_path)
     assert restored.round == 4 and restored.mixed is not None and restored.mixed.pinned == {0}
     torch.testing.assert_close(logits(restored.lm.model, restored.lm), expected)
-    fresh = build_model(tiny_model_dir, 3, LORA, seed=0, train_head=True)
+    fresh = build_model(tiny_model_dir, ("a", "b", "c"), LORA, seed=0, train_head=True)
     assert resume(fresh, tmp_path, run.model_copy(update={"seed": 1})) is None  # another run's state is ignored
     again = resume(fresh, tmp_path, run)
     assert again is not None and again[1] == 4

@@ -35,7 +35,7 @@ def test_gguf_converts_once_into_a_cached_model_the_worker_loads(tmp_path, monke
     assert ensure_smollm2() == out and time.monotonic() - start < 1.0, "cached: not converted again"
 
     run = RunConfig(task="causal_lm")
-    lm = build_model(out, 0, run.lora, seed=0, train_head=False, task="causal_lm")
+    lm = build_model(out, (), run.lora, seed=0, train_head=False, task="causal_lm")
     assert len(lm.params) == 30 and sorted(lm.params[0]) == [
         "self_attn.q_proj.lora_A.weight",
         "self_attn.q_proj.lora_B.weight",

@@ -173,6 +173,7 @@ class TrainSpec(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
     NUM_BEAMS_FIELD_NUMBER: _builtins.int
+    HEAD_MODE_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     local_steps: _builtins.int
     """when > 0, overrides local_epochs"""
@@ -181,11 +182,14 @@ class TrainSpec(_message.Message):
     weight_decay: _builtins.float
     max_seq_length: _builtins.int
     train_head: _builtins.bool
+    """deprecated: read only when head_mode is empty (true = local, false = frozen)"""
     task: _builtins.str
     """"classification" (also when empty) or "causal_lm" """
     max_new_tokens: _builtins.int
     """causal_lm evaluation: generated tokens per prompt and beams (1 = greedy)"""
     num_beams: _builtins.int
+    head_mode: _builtins.str
+    """classifier head: "frozen", "local" or "cluster" (empty = from train_head)"""
     def __init__(
         self,
         *,
@@ -199,10 +203,11 @@ class TrainSpec(_message.Message):
         task: _builtins.str = ...,
         max_new_tokens: _builtins.int = ...,
         num_beams: _builtins.int = ...,
+        head_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "local_steps", b"local_steps", "max_new_tokens", b"max_new_tokens", "max_seq_length", b"max_seq_length", "num_beams", b"num_beams", "task", b"task", "train_head", b"train_head", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "head_mode", b"head_mode", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "local_steps", b"local_steps", "max_new_tokens", b"max_new_tokens", "max_seq_length", b"max_seq_length", "num_beams", b"num_beams", "task", b"task", "train_head", b"train_head", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +228,7 @@ class FedTreeSpec(_message.Message):
     THETA_LR_FIELD_NUMBER: _builtins.int
     FIXED_K_FIELD_NUMBER: _builtins.int
     CLUSTER_ONLY_FIELD_NUMBER: _builtins.int
+    LAMBDA_INIT_FIELD_NUMBER: _builtins.int
     warmup_rounds: _builtins.int
     window: _builtins.int
     tau: _builtins.float
@@ -233,6 +239,8 @@ class FedTreeSpec(_message.Message):
     fixed_k: _builtins.int
     """0 = not fixed"""
     cluster_only: _builtins.bool
+    lambda_init: _builtins.float
+    """0 = 0.5"""
     def __init__(
         self,
         *,
@@ -245,10 +253,11 @@ class FedTreeSpec(_message.Message):
         theta_lr: _builtins.float = ...,
         fixed_k: _builtins.int = ...,
         cluster_only: _builtins.bool = ...,
+        lambda_init: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "fixed_k", b"fixed_k", "linkage", b"linkage", "metric", b"metric", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "fixed_k", b"fixed_k", "lambda_init", b"lambda_init", "linkage", b"linkage", "metric", b"metric", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
