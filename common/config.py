@@ -249,6 +249,9 @@ class WorkerConfig(_Frozen):
     insecure: bool = Field(False, description="Dial the coordinator in plaintext. Only for loopback demos and tests.")
     connect_timeout_s: float = Field(600.0, gt=0, description="Give up when the coordinator stays unreachable this long.")
     heartbeat_s: float = Field(10.0, gt=0, description="Heartbeat period, independent of training.")
+    local_eval: bool = Field(
+        True, description="Also evaluate right after local training, before aggregation (logged as local_* metrics)."
+    )
     progress: bool = Field(True, description="Show tqdm progress bars.")
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")

@@ -175,7 +175,7 @@ class Worker:
         if self.mixed:
             metrics.update({f"lambda_{layer}": lam for layer, lam in self.mixed.lams().items()})
         # after local training, before aggregation (a classifier's is cheap; generation is not: skipped)
-        local = {} if isinstance(self.data, PromptData) else self.evaluate()
+        local = {} if isinstance(self.data, PromptData) or not self.config.local_eval else self.evaluate()
         metrics.update({f"local_{k}": v for k, v in local.items()})
         self._mark("local_evaluated")
         self.activity = "pushing"
