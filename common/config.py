@@ -81,7 +81,7 @@ CAUSAL_LM_TARGETS = ("q_proj", "v_proj")
 
 
 class FedTreeConfig(_Frozen):
-    """FedTreeLoRA knobs; defaults are ALGORITHM.md's where the paper is silent."""
+    """FedTreeLoRA knobs; defaults and where they come from: docs/ALGORITHM.md."""
 
     warmup_rounds: int = Field(5, ge=1, description="Rounds of local-only training before the tree is built.")
     window: int = Field(3, ge=1, description="K: a layer's cut may add at most K-1 clusters to the layer below's.")

@@ -1,4 +1,4 @@
-"""The global client tree and its per-layer cuts (ALGORITHM.md, Procedure steps 4-5).
+"""The global client tree and its per-layer cuts (docs/ALGORITHM.md, Procedure steps 5-6).
 
 ``build_tree`` runs agglomerative clustering (scipy ``linkage``, average by default) on the global
 distance and returns a persistable ``ClientTree``; ``ClientTree.partition(c)`` cuts it into exactly
@@ -187,7 +187,7 @@ class CutResult:
 
 
 def choose_cuts(tree: ClientTree, layer_D: ArrayLike, K: int = 3, tau: float = 0.1) -> CutResult:
-    """Per-layer cut of the global tree, ALGORITHM.md step 5.
+    """Per-layer cut of the global tree, docs/ALGORITHM.md step 6.
 
     c*_0 = 1; for each layer (shallow to deep) c*_l = argmax over c in
     [c*_{l-1}, min(N, c*_{l-1} + K)) of phi(c), ties to the smaller c; phi(1) = tau, phi(c) =

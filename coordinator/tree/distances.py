@@ -1,4 +1,4 @@
-"""Pairwise client distances over LoRA B matrices (ALGORITHM.md, Procedure step 3).
+"""Pairwise client distances over LoRA B matrices (docs/ALGORITHM.md, Procedure step 4).
 
 Everything works on one stacked tensor ``B`` of shape ``(L, M, N, D)``: layers x modules x
 clients x flattened B size. ``stack_b`` builds it from per-client ``{layer: {name: tensor}}``

@@ -1,4 +1,4 @@
-"""Cluster and external experts from running sums (ALGORITHM.md, Procedure step 6).
+"""Cluster and external experts from running sums (docs/ALGORITHM.md, Procedure step 7).
 
 For each layer the coordinator keeps, per cluster id, the weighted sum of every uploaded tensor
 and the summed weight, plus the layer's total over all clusters. The cluster expert is the
