@@ -5,6 +5,12 @@ gRPC servicer only decodes, calls this and encodes. A round opens when `min_work
 (participants = every worker joined and not lost at that moment), closes when `quorum` of them
 have pushed (default all) or its deadline passes, and is checkpointed before the next opens.
 After the last round, every participant gets one EVALUATE task, then DONE.
+
+With `run.train.head_mode: cluster` a push may carry the classifier head's label rows (the
+HEAD_LAYER blob, common/schema.py): they go to the strategy's head sums, not its adapter sums.
+Their length (hidden + 1, the run's head width) is fixed by the first accepted head push and
+persisted in the state store; a later push of another length is rejected before anything of it
+is recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 
 from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from common.schema import Schema, UploadSpec, select
+from common.schema import HEAD_LAYER, Schema, UploadSpec, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from coordinator.state import StateStore
 from coordinator.strategies import Download, Strategy, create_strategy
@@ -63,6 +69,7 @@ class RoundEngine:
         self.run_id: str = store.get("run_id") or uuid.uuid4().hex[:12]
         self.fingerprint: str | None = store.get("fingerprint") or config.expected_fingerprint
         self.schema: Schema | None = store.get_schema()
+        self.head_width: int | None = store.get("head_width")  # hidden + 1, fixed by the first head push
         self.strategy: Strategy | None = None
         # uploads a strategy keeps whole for a round (the tree build) wait on disk, not in memory
         self.spill_dir = config.state_dir / "spill"
@@ -73,7 +80,7 @@ class RoundEngine:
         if self.schema is not None:
             self.strategy = create_strategy(self.run, self.schema, self.spill_dir)
             if self.last_closed:
-                self.strategy.load_state(store.load_checkpoint(self.last_closed), store.get("strategy_meta"))
+                self.strategy.restore(store.load_checkpoint(self.last_closed), store.get("strategy_meta"))
             # Sums of an unclosed round died with the previous process: its pushes are re-requested.
             dropped = store.discard_pushes(self.last_closed + 1)
             log.info(
@@ -169,7 +176,7 @@ class RoundEngine:
         if cur.evaluating:
             return Task(TaskKind.EVALUATE, cur.round, cur.deadline)
         assert self.strategy is not None
-        return Task(TaskKind.TRAIN, cur.round, cur.deadline, self.strategy.upload_spec(worker_id, cur.round))
+        return Task(TaskKind.TRAIN, cur.round, cur.deadline, self.strategy.push_spec(worker_id, cur.round))
 
     def tick(self) -> None:
         """Close rounds whose deadline passed; mark silent workers lost. Called periodically."""
@@ -224,8 +231,13 @@ class RoundEngine:
             log.info("[Engine] final evaluation done: run %s complete", self.run_id)
         else:
             self.strategy.close_round(cur.round)
+            self.strategy.close_heads(cur.round)
             path = self.store.close_round(
-                cur.round, cur.started_at, sorted(cur.pushed), self.strategy.state(), {"strategy_meta": self.strategy.meta()}
+                cur.round,
+                cur.started_at,
+                sorted(cur.pushed),
+                self.strategy.checkpoint_state(),
+                {"strategy_meta": self.strategy.checkpoint_meta()},
             )
             self.last_closed = cur.round
             log.info(
@@ -245,7 +257,8 @@ class RoundEngine:
             self._worker(worker_id)
             self._check_round(worker_id, round)
             assert self.strategy is not None
-            return self.last_closed, self.strategy.downloads(worker_id, round)
+            items = self.strategy.downloads(worker_id, round) + self.strategy.head_downloads(worker_id, round)
+            return self.last_closed, items
 
     def accepted_before(self, header: PushHeader) -> PushResult | None:
         """The ack of an upload id already accepted (a retry after a lost ack), else None."""
@@ -267,9 +280,9 @@ class RoundEngine:
             assert self.strategy is not None and self.schema is not None and self.current is not None
             if self.current.evaluating:
                 raise FailedPrecondition(f"round {header.round} is in its evaluation pass: report metrics, do not push")
-            if header.num_examples <= 0 and not self.strategy.upload_spec(header.worker_id, header.round).empty:
+            spec: UploadSpec = self.strategy.push_spec(header.worker_id, header.round)
+            if header.num_examples <= 0 and not spec.empty:
                 raise InvalidArgument("num_examples must be positive")
-            spec: UploadSpec = self.strategy.upload_spec(header.worker_id, header.round)
             return select(self.schema, spec) if not spec.empty else {}
 
     def commit_push(self, header: PushHeader, update: LayerTensors, nbytes: int) -> PushResult:
@@ -286,9 +299,21 @@ class RoundEngine:
                 raise FailedPrecondition(
                     f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})"
                 )
+            head = update.get(HEAD_LAYER)
+            if head is not None:  # its length must be the run's head width: checked before anything is recorded
+                where = f"push of worker {header.worker_id} round {header.round} head"
+                width = validate_head(head, where, self.head_width)
+            adapters = {layer: tensors for layer, tensors in update.items() if layer != HEAD_LAYER}
+            weight = float(max(header.num_examples, 1))
             # Record first: if the write fails, nothing has entered the sums.
             self.store.record_push(header.round, header.worker_id, header.upload_id, header.num_examples, header.metrics, nbytes)
-            self.strategy.accumulate(header.worker_id, header.round, update, float(max(header.num_examples, 1)))
+            self.strategy.accumulate(header.worker_id, header.round, adapters, weight)
+            if head is not None:
+                self.strategy.accumulate_head(header.worker_id, header.round, head, weight)
+                if self.head_width is None:
+                    self.head_width = width
+                    self.store.put(head_width=width)
+                    log.info("[Engine] head width fixed by %s: %d (hidden + 1)", header.worker_id, width)
             cur.pushed[header.worker_id] = header.upload_id
             info.rounds_done += 1
             info.bytes_received += nbytes

@@ -12,7 +12,7 @@ import torch
 from common import codec, wire
 from common.chunking import Assembler, BlobKey, ChunkData, Role, split
 from common.errors import InvalidArgument
-from common.schema import Schema, dtype_name, validate_layer
+from common.schema import HEAD_LAYER, Schema, dtype_name, validate_head, validate_layer
 from common.types import PushHeader
 from coordinator.strategies import Download
 from coordinator.strategies.base import LayerTensors
@@ -82,6 +82,9 @@ class UpdateReceiver:
 
     Nothing is folded into an aggregate here: the engine commits the whole update only after
     every expected layer has arrived intact, so a bad push leaves the round's sums unchanged.
+    The head blob (HEAD_LAYER, expected as {} in `expected`) is checked by `validate_head`: rows
+    float32 (or the run's wire dtype), 1-D, finite, of one length, named; the engine checks that
+    length against the run's head width when it commits.
     """
 
     def __init__(self, header: PushHeader, expected: Schema, max_blob_bytes: int, wire_dtype: str | None = None) -> None:
@@ -89,6 +92,7 @@ class UpdateReceiver:
         self.expected = expected
         # With a wire dtype, float32 tensors must arrive in it; they are restored to float32 after validation.
         self._on_wire = _as_sent(expected, wire_dtype)
+        self._head_dtype = dtype_name(codec.WIRE_DTYPES[wire_dtype]) if wire_dtype else "float32"
         self.update: LayerTensors = {}
         self.nbytes = 0
         self._assembler = Assembler(max_blob_bytes)
@@ -100,7 +104,8 @@ class UpdateReceiver:
             self._accept(*done)
 
     def _accept(self, key: BlobKey, blob: bytes) -> None:
-        where = f"push of worker {self.header.worker_id} round {self.header.round} layer {key.layer}"
+        part = "head" if key.layer == HEAD_LAYER else f"layer {key.layer}"
+        where = f"push of worker {self.header.worker_id} round {self.header.round} {part}"
         if key.round != self.header.round:
             raise InvalidArgument(f"{where}: blob is tagged for round {key.round}")
         if key.role != Role.UPDATE:
@@ -110,6 +115,10 @@ class UpdateReceiver:
         if key.layer in self.update:
             raise InvalidArgument(f"{where}: layer sent twice")
         tensors, _ = codec.decode(blob)
+        if key.layer == HEAD_LAYER:
+            validate_head(tensors, where, dtype=self._head_dtype)
+            self.update[key.layer] = {name: t.to(torch.float32) for name, t in tensors.items()}
+            return
         validate_layer(tensors, self._on_wire[key.layer], where)
         if self._on_wire is not self.expected:
             tensors = {
@@ -121,6 +130,10 @@ class UpdateReceiver:
     def finish(self) -> LayerTensors:
         self._assembler.finish()
         missing = sorted(set(self.expected) - set(self.update))
+        if missing == [HEAD_LAYER]:
+            raise InvalidArgument(
+                f"push of worker {self.header.worker_id} round {self.header.round} is missing the head blob (layer {HEAD_LAYER})"
+            )
         if missing:
             raise InvalidArgument(f"push of worker {self.header.worker_id} round {self.header.round} is missing layers {missing}")
         return self.update

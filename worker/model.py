@@ -101,6 +101,52 @@ def _is_head(name: str) -> bool:
     return any(f".{h}." in f".{name}" for h in HEAD_MODULES)
 
 
+def head_output(lm: LoraModel, num_labels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias or None) of the head's label-indexed output projection: the last Linear
+    inside the head with `num_labels` outputs (BERT `classifier`, RoBERTa `classifier.out_proj`,
+    llama `score`); the head's other weights (e.g. `classifier.dense`) are not label-indexed."""
+    found: torch.nn.Linear | None = None
+    for name, module in lm.model.named_modules():
+        if isinstance(module, torch.nn.Linear) and _is_head(name + ".") and module.out_features == num_labels:
+            found = module
+    if found is None:
+        raise ConfigError(f"the model has no classifier head with {num_labels} outputs")
+    return found.weight, found.bias
+
+
+def head_width(lm: LoraModel, num_labels: int) -> int:
+    """Length of one travelling head row: hidden (the output projection's inputs) + 1 (bias)."""
+    weight, _ = head_output(lm, num_labels)
+    return int(weight.shape[1]) + 1
+
+
+def head_rows(lm: LoraModel, label_keys: Sequence[str]) -> Tensors:
+    """label key -> float32 [weight row ..., bias] (common/schema.py HEAD_LAYER layout; bias 0
+    when the projection has none)."""
+    weight, bias = head_output(lm, len(label_keys))
+    with torch.no_grad():
+        return {
+            key: torch.cat([weight[i].float(), bias[i : i + 1].float() if bias is not None else torch.zeros(1)]).contiguous()
+            for i, key in enumerate(label_keys)
+        }
+
+
+def load_head_rows(lm: LoraModel, label_keys: Sequence[str], rows: Tensors) -> None:
+    """Overwrite the rows (weight row + bias entry) of the labels in `rows`; other labels keep
+    theirs. Every key must be one of `label_keys` and every row hidden + 1 long."""
+    weight, bias = head_output(lm, len(label_keys))
+    index = {key: i for i, key in enumerate(label_keys)}
+    with torch.no_grad():
+        for key, row in rows.items():
+            if key not in index:
+                raise ValueError(f"head row {key!r} is not one of this model's labels")
+            if tuple(row.shape) != (weight.shape[1] + 1,):
+                raise ValueError(f"head row {key!r} has shape {tuple(row.shape)}, expected ({weight.shape[1] + 1},)")
+            weight[index[key]].copy_(row[:-1].to(weight.dtype))
+            if bias is not None:
+                bias[index[key]].copy_(row[-1].to(bias.dtype))
+
+
 def build_model(
     model_path: Path,
     label_keys: Sequence[str],

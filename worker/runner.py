@@ -15,7 +15,7 @@ import torch
 from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
 from common.errors import ConfigError, FailedPrecondition, FedtreeError, InvalidArgument
-from common.schema import UploadSpec, is_lora_a, schema_of, validate_layer
+from common.schema import HEAD_LAYER, UploadSpec, is_lora_a, schema_of, validate_head, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from worker.causal import evaluate_causal, train_causal
 from worker.checkpoint import resume, save_checkpoint
@@ -24,7 +24,7 @@ from worker.export import export_adapter
 from worker.fedalt import RestOfWorldMixer
 from worker.local_data import LocalData, PromptData, load_any_data
 from worker.mixed import MixedExperts
-from worker.model import LoraModel, build_model, default_model_path
+from worker.model import LoraModel, build_model, default_model_path, head_rows, head_width, load_head_rows
 from worker.privacy import privatise
 from worker.train import evaluate, train_local
 
@@ -143,6 +143,8 @@ class Worker:
         self.apply(task.round, self.client.pull(task.round))
         self._mark("pulled")
         start_of_round = self.lm.layers()  # the reference of this round's update (DP clips the delta)
+        if self._cluster_head():  # the head rows, when pushed, are part of the clipped, noised update
+            start_of_round[HEAD_LAYER] = head_rows(self.lm, self.data.label_keys)
         if task.kind == TaskKind.EVALUATE or task.round > 1:
             evaluated = task.round if task.kind == TaskKind.EVALUATE else task.round - 1
             self.activity = "evaluating"
@@ -204,8 +206,11 @@ class Worker:
 
     def apply(self, round: int, pulled: Pulled) -> None:
         """Check received adapters against our own tensors, then load them: cluster experts
-        overwrite our adapter; in FedTreeLoRA's tree phase external experts fill the mix."""
+        overwrite our adapter; in FedTreeLoRA's tree phase external experts fill the mix.
+        A head blob (HEAD_LAYER, head_mode cluster) overwrites the rows of the labels it names."""
         assert self.lm is not None and self.run is not None
+        head = self._check_head(pulled[HEAD_LAYER]) if HEAD_LAYER in pulled else None
+        pulled = {layer: roles for layer, roles in pulled.items() if layer != HEAD_LAYER}
         own = schema_of(self.lm.layers())
         for layer, roles in pulled.items():
             if layer not in own:
@@ -226,11 +231,37 @@ class Worker:
             self.mixed.load(pulled)
         else:
             self.lm.load_layers({layer: roles[Role.CLUSTER] for layer, roles in pulled.items() if Role.CLUSTER in roles})
+        if head:
+            load_head_rows(self.lm, self.data.label_keys, head)
+
+    def _cluster_head(self) -> bool:
+        """Is this worker's classifier head averaged in its group (head_mode cluster)?"""
+        assert self.run is not None
+        return self.run.train.head_mode == "cluster" and isinstance(self.data, LocalData)
+
+    def _check_head(self, roles: dict[Role, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """A pulled head blob: cluster role only, rows of our own labels, hidden + 1 long, finite."""
+        assert self.lm is not None and self.run is not None
+        if not self._cluster_head():
+            raise InvalidArgument(
+                f"coordinator sent classifier head rows, but this run's head_mode is {self.run.train.head_mode}"
+            )
+        if set(roles) != {Role.CLUSTER}:
+            raise InvalidArgument(f"pulled head: unexpected roles {sorted(r.name.lower() for r in roles)}, expected cluster")
+        rows = roles[Role.CLUSTER]
+        unknown = sorted(set(rows) - set(self.data.label_keys))
+        if unknown:
+            raise InvalidArgument(f"pulled head: rows of labels this worker does not have {unknown[:5]}")
+        validate_head(rows, "pulled head", width=head_width(self.lm, len(self.data.label_keys)))
+        return rows
 
     def update_for(self, upload: UploadSpec) -> dict[int, dict[str, torch.Tensor]]:
         assert self.lm is not None
         layers = self.lm.layers()
-        return {layer: {n: t for n, t in layers[layer].items() if upload.wants(n)} for layer in upload.layers}
+        update = {layer: {n: t for n, t in layers[layer].items() if upload.wants(n)} for layer in upload.adapter_layers}
+        if upload.head and isinstance(self.data, LocalData):  # head_mode cluster: our label rows
+            update[HEAD_LAYER] = head_rows(self.lm, self.data.label_keys)
+        return update
 
     def save_adapter(self, round: int, export: bool) -> None:
         """Checkpoint the local state; on the last rounds also export the personalised model

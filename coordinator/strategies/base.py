@@ -1,11 +1,18 @@
 """The strategy interface: what a worker pulls, what it pushes, and how pushes are combined.
 
 A strategy is pure logic on tensors: no gRPC, no files. The round engine calls it under its
-lock; the state store persists what `state()` returns with every closed round.
+lock; the state store persists what `checkpoint_state()` returns with every closed round.
+
+Classifier heads (`run.train.head_mode: cluster`, classification runs only) are aggregated here,
+once for every strategy: a strategy only says which group a worker's head belongs to in a round
+(`head_group`); `push_spec` adds the head blob (HEAD_LAYER) to its push, `accumulate_head`,
+`close_heads` and `head_downloads` run coordinator/heads.py's HeadSums for that grouping, and the
+checkpoint wrappers persist those sums beside the strategy's own state.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +22,8 @@ import torch
 
 from common.chunking import Role
 from common.config import RunConfig
-from common.schema import Schema, UploadSpec
+from common.schema import HEAD_LAYER, Schema, UploadSpec
+from coordinator.heads import HeadSums, is_head_key
 from coordinator.robust import RobustBuffer
 
 Tensors = dict[str, torch.Tensor]
@@ -46,6 +54,9 @@ class Strategy(ABC):
         self.num_layers = len(schema)
         # pushes go through here into the strategy's sums: straight (mean) or buffered (robust)
         self.robust = RobustBuffer(run.robust)
+        # head_mode cluster: the classifier head's label rows, averaged per head_group
+        self.heads_enabled = run.train.head_mode == "cluster" and run.task == "classification"
+        self.heads = HeadSums(run.robust)
 
     @abstractmethod
     def upload_spec(self, worker_id: str, round: int) -> UploadSpec:
@@ -79,6 +90,67 @@ class Strategy(ABC):
 
     def all_layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.schema))
+
+    # -- classifier heads (head_mode cluster) ---------------------------------------------------
+    def head_group(self, worker_id: str, round: int) -> str | None:
+        """The group whose members' heads are averaged per label with this worker's in `round`
+        (its push of `round` joins it; its pull of `round` gets the group's rows); None = its
+        head is neither pushed nor pulled this round. Default: one global group, as FedIT-style
+        strategies average over everyone. Names must be free of '/'."""
+        return "global"
+
+    def wants_head(self, worker_id: str, round: int) -> bool:
+        return self.heads_enabled and self.head_group(worker_id, round) is not None
+
+    def push_spec(self, worker_id: str, round: int) -> UploadSpec:
+        """`upload_spec` plus the head blob (HEAD_LAYER) when the worker's head is aggregated."""
+        spec = self.upload_spec(worker_id, round)
+        if not self.wants_head(worker_id, round):
+            return spec
+        layers = spec.layers if spec.lora_a or spec.lora_b else ()
+        return UploadSpec((*layers, HEAD_LAYER), spec.lora_a, spec.lora_b)
+
+    def accumulate_head(self, worker_id: str, round: int, rows: Tensors, weight: float) -> None:
+        """Fold a validated head blob (label key -> row) into its group's sums."""
+        group = self.head_group(worker_id, round) if self.heads_enabled else None
+        if group is not None:
+            self.heads.add(worker_id, group, rows, weight)
+
+    def close_heads(self, round: int) -> None:
+        """After `close_round`: the round's head sums become what workers pull next round."""
+        self.heads.close()
+
+    def head_downloads(self, worker_id: str, round: int) -> list[Download]:
+        """The head blob a worker pulls in `round`: its group's mean row of each of its labels
+        that the group has (none before anyone of the group has pushed)."""
+        group = self.head_group(worker_id, round) if self.heads_enabled else None
+        if group is None:
+            return []
+        labels = self.heads.labels_of.get(worker_id)
+        if labels is None:  # it never pushed a head: we do not know its labels
+            return []
+        rows = self.heads.rows_for(group, labels)
+        if not rows:
+            return []
+        digest = hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16]
+        return [Download(HEAD_LAYER, Role.CLUSTER, f"head/{group}/{digest}", rows)]
+
+    # -- checkpoints: the strategy's state plus the head sums ------------------------------------
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {**self.state(), **(self.heads.state() if self.heads_enabled else {})}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        meta = self.meta()
+        return {**meta, "heads": self.heads.meta()} if self.heads_enabled else meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+        """`load_state` from a checkpoint written by `checkpoint_state` / `checkpoint_meta`."""
+        own = {k: t for k, t in tensors.items() if not is_head_key(k)}
+        meta = dict(meta or {})
+        heads = meta.pop("heads", None)
+        self.load_state(own, meta)
+        if self.heads_enabled:
+            self.heads.load(tensors, heads)
 
 
 def flatten(layers: LayerTensors, prefix: str) -> dict[str, torch.Tensor]:

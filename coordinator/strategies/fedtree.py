@@ -8,10 +8,14 @@ Uses: per layer l, the example-weighted mean A and mean B of its cluster under t
 the global tree (cluster expert) mixed by lambda = sigmoid(theta) with the mean over all other
 workers (external expert; none and lambda = 1 where the layer has one cluster).
 The tree, cuts and clusters are rebuilt after warmup (and every `rebuild_every` rounds if set).
+Head (head_mode cluster): averaged per label inside the worker's cluster of the DEEPEST layer
+(flat: its one cluster; indep: its deepest layer's), from the first round after the tree is built;
+during warmup, including the build round, and for workers outside the tree it stays local.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, ClassVar
 
@@ -46,6 +50,7 @@ class FedTree(Strategy):
         self._pending = ClusterSums()
         self._uploads = Uploads(self.spill_dir)  # per-worker uploads of a (re)build round
         self.rebuild_round: int | None = None  # an operator asked for a rebuild from this round's uploads
+        self._head_names: tuple[object, dict[str, str]] = (None, {})  # (assignment, worker -> head group)
 
     # -- phases ------------------------------------------------------------------------------
     def _builds_tree(self, round: int) -> bool:
@@ -61,6 +66,20 @@ class FedTree(Strategy):
         if round < self.cfg.warmup_rounds:
             return UploadSpec(layers=(), lora_a=False, lora_b=False)
         return UploadSpec(self.all_layers(), lora_a=True, lora_b=True)
+
+    def head_group(self, worker_id: str, round: int) -> str | None:
+        """The members of the worker's deepest-layer cluster, named by a digest of their ids, so
+        that a rebuild that keeps a cluster keeps its head rows and one that changes it starts anew."""
+        if not self.assignment or round <= self.cfg.warmup_rounds:
+            return None
+        if self._head_names[0] is not self.assignment:  # once per (re)built assignment, not per call
+            deepest = self.assignment.get(self.all_layers()[-1], {})
+            members: dict[int, list[str]] = {}
+            for worker, cluster in sorted(deepest.items()):
+                members.setdefault(cluster, []).append(worker)
+            names = {c: "tree-" + hashlib.sha256("\n".join(ws).encode()).hexdigest()[:16] for c, ws in members.items()}
+            self._head_names = (self.assignment, {w: names[c] for w, c in deepest.items()})
+        return self._head_names[1].get(worker_id)  # None: joined after the tree was built
 
     def downloads(self, worker_id: str, round: int) -> list[Download]:
         if not self.assignment or round <= self.cfg.warmup_rounds:

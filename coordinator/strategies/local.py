@@ -1,7 +1,7 @@
 """Local: no federation (the lower baseline).
 
 Trains: A and B, locally. Uploads: nothing (a push carries only its example count and metrics).
-Uses: its own adapter.
+Uses: its own adapter (and its own classifier head: no head group, whatever head_mode says).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ class Local(Strategy):
 
     def downloads(self, worker_id: str, round: int) -> list[Download]:
         return []
+
+    def head_group(self, worker_id: str, round: int) -> str | None:
+        return None
 
     def accumulate(self, worker_id: str, round: int, update: LayerTensors, weight: float) -> None:
         return None
