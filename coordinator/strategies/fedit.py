@@ -1,7 +1,8 @@
 """FedIT: FedAvg on LoRA.
 
 Trains: A and B. Uploads: A and B of every layer.
-Uses: the example-weighted mean A and mean B of all workers (its classifier head stays local).
+Uses: the example-weighted mean A and mean B of all workers (its classifier head stays local unless
+head_mode is cluster: then it is averaged per label over everyone, see base.Strategy.head_group).
 """
 
 from __future__ import annotations

@@ -337,3 +337,45 @@ def test_roberta_head_exchanges_only_the_output_projection() -> None:
     out_proj = model.classifier.out_proj
     assert float(out_proj.weight[3].detach().abs().sum()) == 0.0 and float(out_proj.bias[3].detach()) == 0.0
     assert torch.equal(model.classifier.dense.weight, dense)
+
+
+# -- the worker checks what it pulls --------------------------------------------------------------
+
+
+def _worker_with_model(tiny_model_dir: Path, data_dir: Path, out: Path, head_mode: str) -> object:
+    from common.config import DataConfig, LoraConfig, WorkerConfig
+    from worker.model import build_model
+    from worker.runner import Worker
+
+    worker = Worker(WorkerConfig(worker_id="w", data=DataConfig(dir=data_dir), output_dir=out), client=object())  # type: ignore[arg-type]
+    worker.run = RunConfig(train=TrainConfig(head_mode=head_mode), lora=LoraConfig(rank=2))  # type: ignore[arg-type]
+    worker.lm = build_model(tiny_model_dir, worker.data.label_keys, worker.run.lora, 0, True)
+    return worker
+
+
+def test_worker_validates_and_loads_pulled_head_rows(tiny_model_dir: Path, client_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from worker.model import head_rows
+
+    worker = _worker_with_model(tiny_model_dir, client_data("p0", ("sports", "tech")), tmp_path / "o", "cluster")
+    assert worker.data.label_keys == ("sports", "tech")  # type: ignore[attr-defined]
+    before = head_rows(worker.lm, worker.data.label_keys)  # type: ignore[attr-defined]
+    bad = {
+        "NaN": {Role.CLUSTER: {"sports": torch.full((33,), float("nan"))}},
+        "head width 33": {Role.CLUSTER: {"sports": torch.zeros(32)}},
+        "does not have": {Role.CLUSTER: {"food": torch.zeros(33)}},
+        "expected cluster": {Role.EXTERNAL: {"sports": torch.zeros(33)}},
+        "expected 1-D": {Role.CLUSTER: {"sports": torch.zeros(1, 33)}},
+    }
+    for words, roles in bad.items():
+        with pytest.raises(InvalidArgument, match=words):
+            worker.apply(2, {HEAD_LAYER: roles})  # type: ignore[attr-defined]
+        after = head_rows(worker.lm, worker.data.label_keys)  # type: ignore[attr-defined]
+        assert all(torch.equal(after[k], before[k]) for k in before), "nothing loaded from a bad pull"
+    worker.apply(2, {HEAD_LAYER: {Role.CLUSTER: {"tech": torch.ones(33)}}})  # type: ignore[attr-defined]
+    after = head_rows(worker.lm, worker.data.label_keys)  # type: ignore[attr-defined]
+    assert torch.equal(after["tech"], torch.ones(33)) and torch.equal(after["sports"], before["sports"])
+    update = worker.update_for(UploadSpec((0, HEAD_LAYER), lora_a=False))  # type: ignore[attr-defined]
+    assert set(update) == {0, HEAD_LAYER} and torch.equal(update[HEAD_LAYER]["tech"], torch.ones(33))
+    local = _worker_with_model(tiny_model_dir, client_data("p1", ("sports", "tech")), tmp_path / "o1", "local")
+    with pytest.raises(InvalidArgument, match="head_mode is local"):
+        local.apply(2, {HEAD_LAYER: {Role.CLUSTER: {"tech": torch.ones(33)}}})  # type: ignore[attr-defined]
