@@ -217,7 +217,7 @@ class RunResult:
 def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Path, knobs: Knobs | None = None) -> RunResult:
     knobs = knobs or preset.knobs
     strategy, fedtree_extra = METHODS[method]
-    where = workdir / f"{fed.name}-{method}-{seed}"
+    where = Path(tempfile.mkdtemp(prefix=f"{fed.name}-{method}-{seed}-", dir=workdir))  # fresh state per run
     data_dir = where / "data"
     if preset.task == "causal_lm":
         client_task = write_federation(fed.tasks, fed.clients_per_task, preset.train_size, preset.val_size, seed, data_dir)
@@ -480,7 +480,9 @@ def step_seconds(preset: Preset) -> tuple[float, float]:
     if preset.task == "causal_lm":
         return 1.0, 1.0  # not calibrated: generation presets print their own timing
     lm = build_model(default_model_path(), ("a/0", "a/1", "a/2", "a/3"), LoraConfig(), 0, True)
-    enc = lm.tokenizer(["word " * 200] * preset.batch_size, truncation=True, max_length=preset.max_seq_length, return_tensors="pt")
+    enc = lm.tokenizer(
+        ["word " * 200] * preset.batch_size, truncation=True, max_length=preset.max_seq_length, return_tensors="pt"
+    )
     enc["labels"] = torch.zeros(preset.batch_size, dtype=torch.long)
     opt = torch.optim.AdamW([p for p in lm.model.parameters() if p.requires_grad], lr=1e-4)
     timings = []
@@ -573,10 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNG and JSON go")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
     parser.add_argument("--dry-run", action="store_true", help="print the cost model and exit")
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the preset's (tuning: never a reported seed)")
     parser.add_argument("--tune-knobs", default=",".join(TUNE_GRID), help="--preset tune: which knobs to vary")
     args = parser.parse_args(argv)
     tuning = args.preset == "tune"
     preset = Preset(seeds=TUNE_SEEDS) if tuning else PRESETS[args.preset]
+    if args.seeds:
+        preset = replace(preset, seeds=tuple(int(x) for x in args.seeds.split(",")))
     if args.methods:
         keep = tuple(args.methods.split(","))
         feds = tuple(replace(f, methods=tuple(m for m in f.methods if m in keep)) for f in preset.federations)
