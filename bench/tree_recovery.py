@@ -1,0 +1,499 @@
+"""Tree recovery: does FedTreeLoRA's client tree find the planted structure of a federation?
+
+Planted federations (worker/data/planted.py) from the offline corpora: every task's clients form
+label-skew subgroups, and skew subgroup g of EVERY task concentrates ~80-90 % of its examples on
+the same label INDICES {2g, 2g+1} of its task's sorted labels (the adversarial case for classifier
+heads keyed by label index):
+
+  tasks  3 tasks x 2 skew subgroups x 2 clients, partition directories (meta.json: task, labels)
+  skew   1 task x 3 skew subgroups x 2 clients, partition directories
+  jsonl  2 tasks x 2 skew subgroups x 2 clients, plain JSONL files with named labels read through
+         data.train_path / data.val_path with data.task set to the task name
+
+Each federation runs through the real coordinator (gRPC on loopback) and real worker.runner.Workers
+(threads of this process, as bench/accuracy.py) with strategy fedtree and rounds = warmup_rounds:
+the tree is built at the close of the last warmup round from every worker's uploaded A and B.
+The coordinator's tree and cuts are read from its state (strategy_meta). The distance variants
+(B or the product B@A per module; euclidean or cosine) are recomputed offline from each worker's
+checkpoint (its own A and B after the last warmup round = what it uploaded) with the
+coordinator's own functions (stack_b, layer_distances, build_tree, choose_cuts), and the offline
+B/euclidean tree is checked against the coordinator's.
+
+Reported: adjusted Rand index of tree.partition(#tasks) vs the tasks (the top split) and of
+tree.partition(#subgroups) vs the skew subgroups, and the per-layer cuts, per federation x
+labelling x head mode x variant. The BEFORE rows of `tasks` use the colliding labelling of the old
+init (integer label names "0", "1", ..., no task namespace: head row i is shared by label i of
+every task). head_mode "cluster" trains exactly as "local" before the tree exists (warmup is
+local-only), so it is not run separately.
+
+    python bench/tree_recovery.py            # full (make bench-tree-recovery)
+    python bench/tree_recovery.py --quick    # head mode local only, fewer steps
+    python bench/tree_recovery.py --doc      # also write the tables into docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from coordinator.tree import ClientTree, build_tree, choose_cuts, layer_distances, stack_b  # noqa: E402
+from worker.data.planted import (  # noqa: E402
+    PlantedClient,
+    focus_share,
+    index_keyed,
+    planted_federation,
+    write_planted_dirs,
+    write_planted_jsonl,
+)
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- tree-recovery:begin -->", "<!-- tree-recovery:end -->"
+VARIANTS: tuple[tuple[str, str], ...] = (("B", "euclidean"), ("B", "cosine"), ("BA", "euclidean"), ("BA", "cosine"))
+DEFAULT_VARIANT = ("B", "euclidean")  # the coordinator's: fedtree.metric default, B only
+
+
+@dataclass(frozen=True)
+class Federation:
+    name: str
+    tasks: tuple[str, ...]
+    subgroups_per_task: int
+    clients_per_subgroup: int = 2
+    layout: str = "dirs"  # dirs: partition directories; jsonl: plain files + data.train_path/val_path + data.task
+
+    @property
+    def clients(self) -> int:
+        return len(self.tasks) * self.subgroups_per_task * self.clients_per_subgroup
+
+
+FEDERATIONS: dict[str, Federation] = {
+    "tasks": Federation("tasks", ("wordnet_pos", "wordnet_noun_supersense", "fortunes"), 2),
+    "skew": Federation("skew", ("wordnet_verb_supersense",), 3),
+    "jsonl": Federation("jsonl", ("bbc_news", "fortunes"), 2, layout="jsonl"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int = 0
+    warmup_rounds: int = 2
+    local_steps: int = 8
+    train_size: int = 64
+    val_size: int = 16
+    batch_size: int = 16
+    learning_rate: float = 2e-3  # bench/accuracy.py's a-priori choice; not tuned here
+    max_seq_length: int = 48
+    concentration: float = 0.9
+
+
+@dataclass
+class RunOutcome:
+    federation: Federation
+    labelling: str  # "name" (task/label keys) or "index" (integer labels, no namespace: the old collisions)
+    head_mode: str
+    clients: list[PlantedClient]
+    run: RunConfig
+    meta: dict[str, Any]
+    worker_dirs: dict[str, Path]
+    seconds: float
+
+
+@dataclass
+class VariantResult:
+    variant: tuple[str, str]
+    task_ari: float | None
+    subgroup_ari: float
+    cuts: list[int]
+    top_split: list[list[str]] = field(default_factory=list)
+
+
+def _ari(truth: list[int], labels: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(truth, labels))
+
+
+def run_federation(
+    fed: Federation,
+    labelling: str,
+    head_mode: str,
+    settings: Settings,
+    workdir: Path,
+    model_path: Path | None = None,
+) -> RunOutcome:
+    """One fedtree run of `fed` through the real coordinator and real workers; returns its tree and dirs."""
+    from coordinator.server import Coordinator
+    from worker.runner import EXIT_OK, Worker
+
+    clients = planted_federation(
+        fed.tasks,
+        fed.subgroups_per_task,
+        fed.clients_per_subgroup,
+        settings.train_size,
+        settings.val_size,
+        settings.concentration,
+        settings.seed,
+    )
+    tag = f"{fed.name}-{labelling}-{head_mode}"
+    root = workdir / tag
+    if labelling == "index":
+        if fed.layout != "dirs":
+            raise ValueError("the index-keyed labelling is written as partition directories only")
+        data = {c: DataConfig(dir=d) for c, d in write_planted_dirs(index_keyed(clients), root / "data", namespace=False).items()}
+    elif fed.layout == "jsonl":
+        task_of = {c.client_id: c.task for c in clients}
+        files = write_planted_jsonl(clients, root / "data")
+        data = {c: DataConfig(train_path=tr, val_path=va, task=task_of[c]) for c, (tr, va) in files.items()}
+    else:
+        data = {c: DataConfig(dir=d) for c, d in write_planted_dirs(clients, root / "data").items()}
+    run = RunConfig.model_validate(
+        {
+            "strategy": "fedtree",
+            "rounds": settings.warmup_rounds,
+            "seed": settings.seed,
+            "min_workers": len(clients),
+            "round_deadline_s": 3600,
+            "train": {
+                "local_steps": settings.local_steps,
+                "batch_size": settings.batch_size,
+                "learning_rate": settings.learning_rate,
+                "max_seq_length": settings.max_seq_length,
+                "head_mode": head_mode,
+            },
+            "fedtree": {"warmup_rounds": settings.warmup_rounds},
+        }
+    )
+    cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=root / "state", run=run, long_poll_s=1.0, insecure=True)
+    coordinator = Coordinator(cfg)
+    port = coordinator.start()
+    start = time.monotonic()
+    try:
+        workers = [
+            Worker(
+                WorkerConfig(
+                    worker_id=client_id,
+                    coordinator=f"127.0.0.1:{port}",
+                    model_path=model_path,
+                    data=data[client_id],
+                    output_dir=root / "workers" / client_id,
+                    progress=False,
+                    heartbeat_s=5.0,
+                    insecure=True,
+                )
+            )
+            for client_id in data
+        ]
+        codes: dict[str, int] = {}
+        threads = [threading.Thread(target=lambda w=w: codes.__setitem__(w.config.worker_id, w.run_forever())) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bad = {w: c for w, c in codes.items() if c != EXIT_OK}
+        if bad:
+            raise RuntimeError(f"{tag}: workers failed {bad}")
+        meta = coordinator.engine.store.get("strategy_meta") or {}
+        if not meta.get("tree"):
+            raise RuntimeError(f"{tag}: the coordinator built no tree")
+    finally:
+        coordinator.stop(grace=0.5)
+    seconds = time.monotonic() - start
+    return RunOutcome(fed, labelling, head_mode, clients, run, meta, {w.config.worker_id: w.out for w in workers}, seconds)
+
+
+def read_own(worker_dir: Path) -> dict[int, dict[str, Any]]:
+    """The worker's own LoRA A and B from its checkpoint (keys own/<layer>/<name>)."""
+    from safetensors import safe_open
+
+    from worker.checkpoint import FILE
+
+    own: dict[int, dict[str, Any]] = {}
+    with safe_open(str(worker_dir / FILE), framework="pt") as fh:
+        for key in fh.keys():  # noqa: SIM118 - safe_open has no items()
+            kind, rest = key.split("/", 1)
+            if kind == "own":
+                layer, name = rest.split("/", 1)
+                own.setdefault(int(layer), {})[name] = fh.get_tensor(key)
+    return own
+
+
+def product_ba(own: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per layer and LoRA module, B @ A (the module's weight update up to alpha / r), named '<module>.BA'."""
+    out: dict[int, dict[str, Any]] = {}
+    for layer, named in own.items():
+        for name, b in named.items():
+            if ".lora_B." in f".{name}.":
+                a = named[name.replace("lora_B", "lora_A")]
+                out.setdefault(layer, {})[name.replace("lora_B.weight", "BA").replace("lora_B", "BA")] = b @ a
+    return out
+
+
+def _same_tree(a: ClientTree, b: ClientTree) -> bool:
+    if a.leaves != b.leaves or len(a.merges) != len(b.merges):
+        return False
+    for x, y in zip(a.merges, b.merges):
+        if (x.left, x.right, x.size) != (y.left, y.right, y.size) or not np.isclose(
+            x.distance, y.distance, rtol=1e-9, atol=1e-12
+        ):
+            return False
+    return True
+
+
+def _groups(tree: ClientTree, c: int) -> list[list[str]]:
+    labels = tree.partition(c)
+    return [sorted(w for w, lab in zip(tree.leaves, labels) if lab == k) for k in range(c)]
+
+
+def analyse(outcome: RunOutcome) -> tuple[dict[str, Any], list[VariantResult]]:
+    """The coordinator's tree/cuts and every offline variant's ARIs and cuts; checks offline B/euclid == coordinator."""
+    cfg = outcome.run.fedtree
+    coord_tree = ClientTree.from_dict(outcome.meta["tree"])
+    leaves = list(coord_tree.leaves)
+    by_id = {c.client_id: c for c in outcome.clients}
+    tasks = list(dict.fromkeys(c.task for c in outcome.clients))
+    task_truth = [tasks.index(by_id[w].task) for w in leaves]
+    sub_truth = [by_id[w].subgroup for w in leaves]
+    n_sub = len(set(sub_truth))
+    own = {w: read_own(outcome.worker_dirs[w]) for w in leaves}
+
+    def score(tree: ClientTree, cuts: list[int], variant: tuple[str, str]) -> VariantResult:
+        task_ari = _ari(task_truth, tree.partition(len(tasks))) if len(tasks) > 1 else None
+        top = _groups(tree, len(tasks)) if len(tasks) > 1 else _groups(tree, 2)
+        return VariantResult(variant, task_ari, _ari(sub_truth, tree.partition(n_sub)), cuts, top)
+
+    results = []
+    check: dict[str, Any] = {}
+    means: dict[str, float] = {}
+    for kind, metric in VARIANTS:
+        per_client = [own[w] for w in leaves] if kind == "B" else [product_ba(own[w]) for w in leaves]
+        flt = (lambda n: "lora_B" in n) if kind == "B" else (lambda n: True)
+        Dl = layer_distances(stack_b(per_client, names_filter=flt), metric=metric).numpy()  # type: ignore[arg-type]
+        tree = build_tree(Dl.mean(axis=0), leaves, cfg.linkage)
+        cuts = choose_cuts(tree, Dl, K=cfg.window, tau=cfg.tau).cuts
+        results.append(score(tree, cuts, (kind, metric)))
+        if (kind, metric) == (DEFAULT_VARIANT[0], cfg.metric):
+            check = {"tree": _same_tree(tree, coord_tree), "cuts": cuts == list(outcome.meta["cuts"])}
+            means = pair_means(Dl.mean(axis=0), [by_id[w] for w in leaves])
+    coordinator = score(coord_tree, list(outcome.meta["cuts"]), ("coordinator", cfg.metric))
+    return {"check": check, "coordinator": coordinator, "pair_means": means}, results
+
+
+RELATIONS = ("same subgroup", "same task, other skew", "other task, same skew", "other task, other skew")
+
+
+def pair_means(D: np.ndarray, clients: list[PlantedClient]) -> dict[str, float]:
+    """Mean of ``D`` (clients in list order) over client pairs, by how the pair is related in the planted truth."""
+    sums: dict[str, list[float]] = {r: [] for r in RELATIONS}
+    for i, a in enumerate(clients):
+        for j in range(i + 1, len(clients)):
+            b = clients[j]
+            same_task, same_skew = a.task == b.task, a.skew == b.skew
+            rel = RELATIONS[0 if same_task and same_skew else 1 if same_task else 2 if same_skew else 3]
+            sums[rel].append(float(D[i, j]))
+    return {r: float(np.mean(v)) if v else float("nan") for r, v in sums.items()}
+
+
+def skew_coupling(means: dict[str, float]) -> float:
+    """Mean distance of other-task same-skew pairs / other-task other-skew pairs: < 1 when clients of
+    different tasks are pulled together by their skew (e.g. by shared index-keyed head rows)."""
+    return means["other task, same skew"] / means["other task, other skew"]
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def tables(analysed: list[tuple[RunOutcome, dict[str, Any], list[VariantResult]]]) -> str:
+    out: list[str] = []
+    for fed in dict.fromkeys(o.federation.name for o, _, _ in analysed):
+        rows = [(o, c, r) for o, c, r in analysed if o.federation.name == fed]
+        f = rows[0][0].federation
+        n_sub = f.subgroups_per_task * len(f.tasks)
+        out.append(
+            f"**{fed}** — {f.clients} clients: {', '.join(f.tasks)} x {f.subgroups_per_task} skew subgroups x "
+            f"{f.clients_per_subgroup} clients ({'plain JSONL via data.train_path/val_path + data.task' if f.layout == 'jsonl' else 'partition dirs'})\n"
+        )
+        out.append(
+            f"| labelling | head | distance | task ARI @{len(f.tasks)} | subgroup ARI @{n_sub} | per-layer cuts (shallow -> deep) |"
+        )
+        out.append("|---|---|---|---|---|---|")
+        for o, c, results in rows:
+            lab = "index-keyed (BEFORE)" if o.labelling == "index" else "name-keyed"
+            for r in results:
+                dist = f"{r.variant[0]} {r.variant[1]}"
+                if r.variant == DEFAULT_VARIANT:
+                    ok = c["check"].get("tree") and c["check"].get("cuts")
+                    dist = f"**{dist}** (default{'; = coordinator' if ok else '; != coordinator!'})"
+                out.append(f"| {lab} | {o.head_mode} | {dist} | {_fmt(r.task_ari)} | {_fmt(r.subgroup_ari)} | {r.cuts} |")
+        out.append("")
+        out.append(f"Mean B euclidean distance (the tree's global D) by pair relation, **{fed}**:\n")
+        out.append("| labelling | head | " + " | ".join(RELATIONS) + " | skew coupling |")
+        out.append("|---|---|" + "---|" * (len(RELATIONS) + 1))
+        for o, c, _ in rows:
+            lab = "index-keyed (BEFORE)" if o.labelling == "index" else "name-keyed"
+            pm = c["pair_means"]
+            cells = [_fmt(pm[r]) if pm[r] == pm[r] else "—" for r in RELATIONS]
+            coupling = skew_coupling(pm)
+            out.append(
+                f"| {lab} | {o.head_mode} | " + " | ".join(cells) + f" | {_fmt(coupling) if coupling == coupling else '—'} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def _describe(groups: list[list[str]], clients: list[PlantedClient]) -> str:
+    """A split as its groups of (task, skew) members, e.g. '{wordnet_pos/s0 x2, fortunes/s0 x2} | {...}'."""
+    by_id = {c.client_id: c for c in clients}
+    parts = []
+    for group in groups:
+        counts: dict[str, int] = {}
+        for w in group:
+            key = f"{by_id[w].task}/s{by_id[w].skew}"
+            counts[key] = counts.get(key, 0) + 1
+        parts.append("{" + ", ".join(f"{k} x{n}" for k, n in counts.items()) + "}")
+    return " | ".join(parts)
+
+
+def goal_misses(analysed: list[tuple[RunOutcome, dict[str, Any], list[VariantResult]]]) -> list[str]:
+    """Goal: ARI 1.0 (task and subgroup) for the defaults: name-keyed, head local, B euclidean (the coordinator's tree)."""
+    misses = []
+    for o, c, _ in analysed:
+        if o.labelling != "name" or o.head_mode != "local":
+            continue
+        r = c["coordinator"]
+        for what, ari in (("task", r.task_ari), ("subgroup", r.subgroup_ari)):
+            if ari is not None and ari < 1.0:
+                pm = c["pair_means"]
+                misses.append(
+                    f"{o.federation.name}: {what} ARI {ari:.2f}, top split {_describe(r.top_split, o.clients)}; mean distance "
+                    f"same task/other skew {pm['same task, other skew']:.3f} vs other task {pm['other task, same skew']:.3f} "
+                    f"(same skew) / {pm['other task, other skew']:.3f} (other skew)"
+                )
+    return misses
+
+
+def write_doc(block: str, doc: Path = DOC) -> None:
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    body = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + f"\n\n## tree recovery\n\n{body}\n"
+    doc.write_text(text)
+
+
+def plan(federations: list[str], head_modes: list[str]) -> list[tuple[Federation, str, str]]:
+    runs = []
+    for name in federations:
+        fed = FEDERATIONS[name]
+        for labelling in ("index", "name") if name == "tasks" else ("name",):
+            for head in head_modes:
+                runs.append((fed, labelling, head))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="head mode local only, 4 local steps per round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup-rounds", type=int, default=2, help="rounds = warmup rounds (the tree is built at the last)")
+    parser.add_argument("--local-steps", type=int, default=None, help="local steps per round (default 8; --quick 4)")
+    parser.add_argument("--train-size", type=int, default=64)
+    parser.add_argument("--val-size", type=int, default=16)
+    parser.add_argument("--federations", default=",".join(FEDERATIONS), help="comma-separated subset of " + ",".join(FEDERATIONS))
+    parser.add_argument("--head-modes", default=None, help="comma-separated subset of frozen,local (default both; --quick local)")
+    parser.add_argument("--doc", action="store_true", help="write the tables into docs/BENCHMARKS.md")
+    parser.add_argument("--keep", type=Path, help="keep every run's data, worker checkpoints and state under this directory")
+    args = parser.parse_args(argv)
+    federations = args.federations.split(",")
+    head_modes = (args.head_modes or ("local" if args.quick else "frozen,local")).split(",")
+    steps = args.local_steps if args.local_steps is not None else (4 if args.quick else 8)
+    settings = Settings(
+        seed=args.seed, warmup_rounds=args.warmup_rounds, local_steps=steps, train_size=args.train_size, val_size=args.val_size
+    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(1)  # many worker threads share the cores
+    runs = plan(federations, head_modes)
+    worker_runs = sum(f.clients for f, _, _ in runs)
+    print(
+        f"tree recovery: {len(runs)} runs (federation x labelling x head mode: "
+        + ", ".join(f"{f.name}/{lab}/{h}" for f, lab, h in runs)
+        + f"); {worker_runs} worker runs x {settings.warmup_rounds} rounds x {steps} steps (batch {settings.batch_size}) = "
+        f"{worker_runs * settings.warmup_rounds * steps} local steps on MiniLM; seed {settings.seed}",
+        flush=True,
+    )
+    started = time.monotonic()
+    analysed = []
+    with tempfile.TemporaryDirectory(prefix="fedtree-tree-recovery-") as scratch:
+        tmp = args.keep or scratch
+        for i, (fed, labelling, head) in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {fed.name} {labelling}-keyed head={head}: {fed.clients} workers ...", flush=True)
+            outcome = run_federation(fed, labelling, head, settings, Path(tmp))
+            check, results = analyse(outcome)
+            analysed.append((outcome, check, results))
+            r = check["coordinator"]
+            share = np.mean([focus_share(c) for c in outcome.clients])
+            print(
+                f"    {outcome.seconds:.0f} s; coordinator tree: task ARI {_fmt(r.task_ari)} subgroup ARI {_fmt(r.subgroup_ari)} "
+                f"cuts {r.cuts}; offline B/euclidean = coordinator: {check['check']}; focus share {share:.2f}",
+                flush=True,
+            )
+    wall = time.monotonic() - started
+    report = tables(analysed)
+    misses = goal_misses(analysed)
+    mismatches = [f"{o.federation.name}/{o.labelling}/{o.head_mode}" for o, c, _ in analysed if not all(c["check"].values())]
+    cmd = "python bench/tree_recovery.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    header = (
+        f"Command: `{cmd}` — {time.strftime('%Y-%m-%d')}, {machine}, wall time {wall / 60:.1f} min.\n"
+        f"Planted federations (worker/data/planted.py): skew subgroup g of every task puts {settings.concentration:.0%} of "
+        f"its drawn examples on label indices {{2g, 2g+1}} of the task's sorted labels (after one example per label; "
+        f"measured focus share {np.mean([focus_share(c) for o, _, _ in analysed for c in o.clients]):.2f}), "
+        f"{settings.train_size} train / {settings.val_size} val per client; MiniLM-L6 + LoRA r=8 (query, value); fedtree "
+        f"with rounds = warmup = {settings.warmup_rounds} x {steps} local steps (batch {settings.batch_size}, lr "
+        f"{settings.learning_rate}, max {settings.max_seq_length} tokens), tree built at the close of round "
+        f"{settings.warmup_rounds}, average linkage, cuts with K = 3, tau = 0.1; seed {settings.seed}. Real coordinator "
+        "(gRPC, loopback) + real worker.runner.Workers as threads. ARI = adjusted Rand index of tree.partition(#tasks) vs "
+        "task (the top split) and of tree.partition(#subgroups) vs skew subgroup. BEFORE = integer label names, no task "
+        "namespace (head row i shared by label i of every task, the old index-keyed init). B euclidean is the coordinator's "
+        "own tree (its offline recomputation from the worker checkpoints is checked equal); the other distances are "
+        "recomputed offline from the same checkpoints (BA = B @ A per module, flattened). head_mode cluster trains as "
+        "local before the tree exists (warmup is local-only), so it is not run separately. Skew coupling = mean distance "
+        "of other-task same-skew pairs / other-task other-skew pairs (< 1: clients of different tasks pulled together by "
+        "their skew).\n"
+    )
+    verdict = (
+        "Goal (ARI 1.0 for task and subgroup with the defaults: name-keyed, head local, B euclidean): "
+        + ("met on every federation." if not misses else "MISSED: " + "; ".join(misses) + ".")
+        + "\n"
+    )
+    block = header + "\n" + report + "\n" + verdict
+    print("\n" + block)
+    if mismatches:
+        print(f"WARNING: offline B/euclidean tree != coordinator's for {mismatches}")
+    if args.doc:
+        write_doc(block)
+        print(f"wrote {DOC}")
+    print(f"wall time {wall / 60:.1f} min")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
