@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,12 @@ class Knobs:
     warmup_rounds: int = 2
     tau: float = 0.1
     window: int = 3
+    metric: str = "euclidean"
 
     def label(self) -> str:
         return (
             f"head {self.head_mode}, lambda_init {self.lambda_init}, theta_lr {self.theta_lr}, warmup {self.warmup_rounds}, "
-            f"tau {self.tau}, K {self.window}"
+            f"tau {self.tau}, K {self.window}, metric {self.metric}"
         )
 
 
@@ -249,6 +250,7 @@ def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Pa
                 "theta_lr": knobs.theta_lr,
                 "tau": knobs.tau,
                 "window": knobs.window,
+                "metric": knobs.metric,
                 **fedtree_extra,
             },
         }
@@ -517,6 +519,7 @@ def cost_model(preset: Preset, runs: list[tuple[Federation, int, str]]) -> str:
 # -- tuning split -------------------------------------------------------------------------------
 # One knob at a time around the base Knobs, on TUNE_SEEDS (clients and data no reported run sees).
 TUNE_GRID: dict[str, tuple[Any, ...]] = {
+    "metric": ("euclidean", "cosine"),
     "head_mode": ("frozen", "local", "cluster"),
     "lambda_init": (0.5, 0.7, 0.9),
     "theta_lr": (1e-2, 1e-1),
@@ -524,7 +527,7 @@ TUNE_GRID: dict[str, tuple[Any, ...]] = {
     "tau": (0.1, 0.3),
     "window": (3, 5),
 }
-TUNE_BASELINES = ("local", "flat")  # rerun per head mode: the head mode changes every method
+TUNE_BASELINES = ("local",)  # rerun per head mode: the head mode changes every method
 
 
 def tune(preset: Preset, tmp: Path, knobs_to_tune: tuple[str, ...]) -> tuple[list[str], list[RunResult]]:
@@ -576,10 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
     parser.add_argument("--dry-run", action="store_true", help="print the cost model and exit")
     parser.add_argument("--seeds", help="comma-separated seeds instead of the preset's (tuning: never a reported seed)")
+    parser.add_argument("--tune-base", default="", help="--preset tune: base knobs, e.g. metric=cosine,lambda_init=0.5")
     parser.add_argument("--tune-knobs", default=",".join(TUNE_GRID), help="--preset tune: which knobs to vary")
     args = parser.parse_args(argv)
     tuning = args.preset == "tune"
     preset = Preset(seeds=TUNE_SEEDS) if tuning else PRESETS[args.preset]
+    if args.tune_base:
+        base = {k: v for k, v in (kv.split("=", 1) for kv in args.tune_base.split(","))}
+        types = {f.name: type(getattr(preset.knobs, f.name)) for f in fields(Knobs)}
+        preset = replace(preset, knobs=replace(preset.knobs, **{k: types[k](v) for k, v in base.items()}))
     if args.seeds:
         preset = replace(preset, seeds=tuple(int(x) for x in args.seeds.split(",")))
     if args.methods:
