@@ -1,7 +1,9 @@
 """Write any worker's personalised adapter, as the coordinator knows it, as a PEFT adapter directory.
 
 The coordinator holds what a worker pulls (cluster and external experts) and the lambdas it
-reports with its pushes; the classifier head never leaves the worker, so it is not included.
+reports with its pushes. The classifier head is not included: in the `frozen` and `local` head
+modes it never leaves the worker, and with `cluster` the coordinator holds only the group's mean
+rows, not the worker's own head (export from the worker's checkpoint for that).
 Used by `python -m coordinator export` (offline, from a state directory).
 """
 

@@ -10,8 +10,9 @@ What it guarantees: each upload is the output of a Gaussian mechanism with sensi
 (client-level DP per round; noise_multiplier sigma gives (epsilon, delta)-DP by the standard
 Gaussian-mechanism bounds). What it does not: no privacy accounting across rounds is done here
 (compose the per-round guarantee over the rounds yourself, e.g. with an RDP accountant); metrics
-and example counts are sent in the clear; the local classifier head never leaves the worker and
-is not noised; nothing is guaranteed when the noise multiplier is 0 (clipping only).
+and example counts are sent in the clear; with `head_mode: cluster` the classifier head's rows
+travel with the adapter and are clipped and noised together with it (their delta is part of the
+same update), in the other head modes the head never leaves the worker; nothing is guaranteed when the noise multiplier is 0 (clipping only).
 """
 
 from __future__ import annotations
