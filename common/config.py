@@ -95,6 +95,14 @@ class FedTreeConfig(_Frozen):
     )
     fixed_k: int | None = Field(None, ge=1, description="Ablation: every layer uses this many clusters of the tree.")
     cluster_only: bool = Field(False, description="Ablation: lambda = 1 everywhere (no external expert).")
+    personal: bool = Field(
+        False,
+        description="Beyond the paper: a third, personal expert per layer (the client's warmup adapter, trained locally, "
+        "never uploaded), mixed with the cluster and external experts by softmax(phi_l).",
+    )
+    personal_init: float = Field(
+        1 / 3, gt=0, lt=1, description="personal: the personal expert's initial weight p0 in every layer."
+    )
 
 
 class PrivacyConfig(_Frozen):

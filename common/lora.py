@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,9 +28,16 @@ def concat_experts(cluster: dict[str, torch.Tensor], external: dict[str, torch.T
     """FedTreeLoRA's mix of one layer as one rank-2r LoRA: A' = [A_c ; A_e], B' = [lam B_c | (1-lam) B_e].
 
     B' A' x = lam B_c A_c x + (1 - lam) B_e A_e x, so with alpha doubled (alpha/r kept) it is exact."""
+    return concat_weighted([(cluster, lam), (external, 1 - lam)])
+
+
+def concat_weighted(experts: Sequence[tuple[dict[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+    """A weighted sum of n LoRA experts of one layer as one rank-nr LoRA: A' = [A_1 ; ... ; A_n],
+    B' = [w_1 B_1 | ... | w_n B_n], so B' A' x = sum_i w_i B_i A_i x (exact with alpha times n).
+    Every expert has the tensor names of the first."""
     return {
-        name: torch.cat([a, external[name]], dim=0)
+        name: torch.cat([named[name] for named, _ in experts], dim=0)
         if is_lora_a(name)
-        else torch.cat([lam * a, (1 - lam) * external[name]], dim=1)
-        for name, a in cluster.items()
+        else torch.cat([w * named[name] for named, w in experts], dim=1)
+        for name in experts[0][0]
     }

@@ -9,6 +9,8 @@ from common.schema import Schema, TensorSpec, UploadSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from proto.fedtree.v1 import federation_pb2 as pb
 
+_PERSONAL_INIT: float = FedTreeConfig.model_fields["personal_init"].default  # travels as 0
+
 
 def _role(value: int) -> Role:
     try:
@@ -69,6 +71,9 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             fixed_k=run.fedtree.fixed_k or 0,
             cluster_only=run.fedtree.cluster_only,
             lambda_init=run.fedtree.lambda_init,
+            personal=run.fedtree.personal,
+            # the default travels as 0 (not on the wire at all): RunSpecs of runs without it are unchanged
+            personal_init=0.0 if run.fedtree.personal_init == _PERSONAL_INIT else run.fedtree.personal_init,
         ),
         dp_clip_norm=run.privacy.clip_norm or 0.0,
         dp_noise_multiplier=run.privacy.noise_multiplier,
@@ -101,6 +106,8 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         fixed_k=ft.fixed_k or None,
         cluster_only=ft.cluster_only,
         lambda_init=ft.lambda_init or 0.5,
+        personal=ft.personal,
+        personal_init=ft.personal_init or _PERSONAL_INIT,
     )
     generation = GenerationConfig(max_new_tokens=msg.train.max_new_tokens or 32, num_beams=msg.train.num_beams or 1)
     run = RunConfig(

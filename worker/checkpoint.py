@@ -1,7 +1,7 @@
 """The worker's local checkpoint: everything that makes its personalised model, on its own disk.
 
 Saved after every round (atomically): its own / cluster-expert LoRA, the external expert and
-theta (FedTreeLoRA), its local head, and the facts needed to rebuild the model (run spec, labels,
+theta (FedTreeLoRA; with `fedtree.personal` the personal expert and phi instead of theta), its local head, and the facts needed to rebuild the model (run spec, labels,
 base model path). `python -m worker export` rebuilds the model from it and writes a PEFT adapter.
 """
 
@@ -17,9 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from common.config import RunConfig
+from common.config import FedTreeConfig, RunConfig
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model
+from worker.personal import PersonalExperts, mixed_experts
 
 FILE = "worker-state.safetensors"
 
@@ -51,9 +52,13 @@ def save_checkpoint(
         for layer, named in mixed.external_layers().items():
             tensors.update({f"external/{layer}/{n}": t for n, t in named.items()})
         tensors.update({f"theta/{layer}": t.detach().clone().reshape(1) for layer, t in mixed.theta.items()})
+    if isinstance(mixed, PersonalExperts):
+        for layer, named in mixed.personal_layers().items():
+            tensors.update({f"personal/{layer}/{n}": t for n, t in named.items()})
+        tensors.update({f"phi/{layer}": t.detach().clone() for layer, t in mixed.phi.items()})
     tensors.update({f"head/{n}": t for n, t in lm.head_state().items()})
     meta = {
-        "run": run.model_dump(mode="json"),
+        "run": _run_meta(run),
         "labels": labels,
         "label_keys": label_keys if label_keys is not None else labels,
         "model_path": str(model_path),
@@ -68,6 +73,17 @@ def save_checkpoint(
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def _run_meta(run: RunConfig) -> dict[str, Any]:
+    """The run spec as the checkpoint records it; the personal-expert knobs only when set, so the
+    checkpoints of runs without them are the bytes they were before the option existed."""
+    meta = run.model_dump(mode="json")
+    defaults = FedTreeConfig().model_dump(mode="json")
+    for knob in ("personal", "personal_init"):
+        if meta["fedtree"][knob] == defaults[knob]:
+            del meta["fedtree"][knob]
+    return meta
 
 
 def _read(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -105,7 +121,7 @@ def _restore(lm: LoraModel, tensors: dict[str, torch.Tensor], meta: dict[str, An
     if not meta["mixed"]:
         return None
     run = RunConfig.model_validate(meta["run"])
-    mixed = MixedExperts(lm, run.lora, run.fedtree.lambda_init)
+    mixed = mixed_experts(lm, run.lora, run.fedtree)
     _restore_mixed(mixed, tensors, meta)
     return mixed
 
@@ -128,6 +144,7 @@ def _restore_own(lm: LoraModel, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _restore_mixed(mixed: MixedExperts, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    personal: dict[int, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
         for key, tensor in tensors.items():
             kind, rest = key.split("/", 1)
@@ -136,4 +153,13 @@ def _restore_mixed(mixed: MixedExperts, tensors: dict[str, torch.Tensor], meta: 
                 mixed.external[int(layer)][name].copy_(tensor)
             elif kind == "theta":
                 mixed.theta[rest].copy_(tensor.reshape(()))
+            elif kind == "personal":
+                layer, name = rest.split("/", 1)
+                personal.setdefault(int(layer), {})[name] = tensor
+            elif kind == "phi" and isinstance(mixed, PersonalExperts):
+                mixed.phi[rest].copy_(tensor)
+    if isinstance(mixed, PersonalExperts):
+        if not personal:
+            raise ValueError("the checkpoint of a fedtree.personal run holds no personal expert")
+        mixed.load_personal(personal)
     mixed.pinned = set(int(x) for x in meta["pinned"])

@@ -1,7 +1,10 @@
 """Export a worker's personalised model as a standard PEFT adapter directory.
 
 Plain LoRA exports as it is. FedTreeLoRA's mixed model is exactly a rank-2r LoRA:
-B' = [lam B_c | (1 - lam) B_e], A' = [A_c ; A_e], with alpha doubled so that alpha/r is kept.
+B' = [lam B_c | (1 - lam) B_e], A' = [A_c ; A_e], with alpha doubled so that alpha/r is kept;
+with a personal expert (`fedtree.personal`) a rank-3r one, B' = [w_c B_c | w_e B_e | w_p B_p],
+A' = [A_c ; A_e ; A_p], alpha tripled (zero external blocks in a layer with one cluster: one
+PEFT config has one rank).
 The local classifier head goes into `modules_to_save`, so `PeftModel.from_pretrained` on the
 base model reproduces the worker's logits.
 """
@@ -16,9 +19,10 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from common.config import LoraConfig
-from common.lora import concat_experts, peft_config
+from common.lora import concat_experts, concat_weighted, peft_config
 from worker.mixed import MixedExperts
 from worker.model import HEAD_MODULES, LOAD_LOCK, LoraModel, split_param_name
+from worker.personal import PersonalExperts
 
 Tensors = dict[str, torch.Tensor]
 
@@ -30,6 +34,12 @@ def personalised_layers(lm: LoraModel, mixed: MixedExperts | None) -> tuple[dict
         return own, 1
     external = mixed.external_layers()
     out: dict[int, Tensors] = {}
+    if isinstance(mixed, PersonalExperts):
+        personal = mixed.personal_layers()
+        for layer, tensors in own.items():
+            w_c, w_e, w_p = (float(w) for w in mixed.weights(layer).detach())
+            out[layer] = concat_weighted([(tensors, w_c), (external[layer], w_e), (personal[layer], w_p)])
+        return out, 3
     for layer, tensors in own.items():
         lam = mixed.lam_value(layer)
         out[layer] = concat_experts(tensors, external[layer], lam)

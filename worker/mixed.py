@@ -75,17 +75,27 @@ class TwoAdapters:
 
 
 class MixedExperts(TwoAdapters):
+    """The cluster expert ("default") and the external expert, weighted lam and 1 - lam per layer.
+    `weight(layer, adapter)` is the factor applied to an adapter's rank-r output; a subclass with
+    more experts (worker/personal.py) overrides it, `lam` and `_init_mix`."""
+
     def __init__(self, lm: LoraModel, lora: LoraConfig, lambda_init: float = 0.5) -> None:
         super().__init__(lm, lora)
-        theta0 = math.log(lambda_init / (1.0 - lambda_init))  # sigmoid(theta0) = lambda_init
-        self.theta = torch.nn.ParameterDict({str(layer): torch.nn.Parameter(torch.full((), theta0)) for layer in lm.params})
-        lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
+        self.theta = torch.nn.ParameterDict()
+        self._init_mix(lambda_init)
         self.pinned: set[int] = set(lm.params)  # lam = 1 until an external expert arrives
         for layer, _, module in self.lora_modules():
-            self._hooks.append(module.lora_A["default"].register_forward_hook(self._scale(layer, cluster=True)))
-            self._hooks.append(module.lora_A[EXTERNAL].register_forward_hook(self._scale(layer, cluster=False)))
+            self._hooks.append(module.lora_A["default"].register_forward_hook(self._scale(layer, "default")))
+            self._hooks.append(module.lora_A[EXTERNAL].register_forward_hook(self._scale(layer, EXTERNAL)))
+
+    def _init_mix(self, lambda_init: float) -> None:
+        """Create the mixing logits (here theta, one per layer) as parameters of the model."""
+        theta0 = math.log(lambda_init / (1.0 - lambda_init))  # sigmoid(theta0) = lambda_init
+        self.theta.update({str(layer): torch.nn.Parameter(torch.full((), theta0)) for layer in self.lm.params})
+        self.lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
 
     def lam(self, layer: int) -> torch.Tensor:
+        """The cluster expert's weight in a layer."""
         if layer in self.pinned:
             return torch.ones(())
         return torch.sigmoid(self.theta[str(layer)])
@@ -96,14 +106,23 @@ class MixedExperts(TwoAdapters):
     def lams(self) -> dict[int, float]:
         return {layer: self.lam_value(layer) for layer in sorted(self.lm.params)}
 
-    def _scale(self, layer: int, cluster: bool):  # type: ignore[no-untyped-def]
+    def metrics(self) -> dict[str, float]:
+        """What a worker reports of its mix with each push: lambda_<layer>, the cluster expert's weight."""
+        return {f"lambda_{layer}": lam for layer, lam in self.lams().items()}
+
+    def weight(self, layer: int, adapter: str, dtype: torch.dtype) -> torch.Tensor:
+        """The factor on `adapter`'s output in `layer`: lam for the cluster expert, 1 - lam for the external."""
+        lam = self.lam(layer).to(dtype)
+        return lam if adapter == "default" else 1 - lam
+
+    def _scale(self, layer: int, adapter: str):  # type: ignore[no-untyped-def]
         def hook(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-            lam = self.lam(layer).to(output.dtype)
-            return output * (lam if cluster else 1 - lam)
+            return output * self.weight(layer, adapter, output.dtype)
 
         return hook
 
     def theta_parameters(self) -> list[torch.nn.Parameter]:
+        """The mixing logits, trained in their own optimiser group at `fedtree.theta_lr`."""
         return list(self.theta.values())
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ from worker.fedalt import RestOfWorldMixer
 from worker.local_data import LocalData, PromptData, load_any_data
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model, default_model_path, head_rows, head_width, load_head_rows
+from worker.personal import mixed_experts
 from worker.privacy import privatise
 from worker.train import evaluate, train_local
 
@@ -174,8 +175,8 @@ class Worker:
                 extra_groups=extra,
             )
         self._mark("trained")
-        if self.mixed:
-            metrics.update({f"lambda_{layer}": lam for layer, lam in self.mixed.lams().items()})
+        if self.mixed:  # lambda_<layer> (+ personal_<layer> with a personal expert)
+            metrics.update(self.mixed.metrics())
         # after local training, before aggregation (a classifier's is cheap; generation is not: skipped)
         local = {} if isinstance(self.data, PromptData) or not self.config.local_eval else self.evaluate()
         metrics.update({f"local_{k}": v for k, v in local.items()})
@@ -226,8 +227,14 @@ class Worker:
             self.alt.load(pulled)
         elif self.run.strategy == "fedtree" and round > self.run.fedtree.warmup_rounds:
             if self.mixed is None:
-                self.mixed = MixedExperts(self.lm, self.run.lora, self.run.fedtree.lambda_init)
-                log.info("[Worker] round %d: switching to mixed cluster/external experts", round)
+                # with fedtree.personal, our adapter as it stands (end of warmup) becomes the personal
+                # expert here, before the pulled cluster expert overwrites it
+                self.mixed = mixed_experts(self.lm, self.run.lora, self.run.fedtree)
+                log.info(
+                    "[Worker] round %d: switching to mixed cluster/external%s experts",
+                    round,
+                    "/personal" if self.run.fedtree.personal else "",
+                )
             self.mixed.load(pulled)
         else:
             self.lm.load_layers({layer: roles[Role.CLUSTER] for layer, roles in pulled.items() if Role.CLUSTER in roles})

@@ -229,6 +229,8 @@ class FedTreeSpec(_message.Message):
     FIXED_K_FIELD_NUMBER: _builtins.int
     CLUSTER_ONLY_FIELD_NUMBER: _builtins.int
     LAMBDA_INIT_FIELD_NUMBER: _builtins.int
+    PERSONAL_FIELD_NUMBER: _builtins.int
+    PERSONAL_INIT_FIELD_NUMBER: _builtins.int
     warmup_rounds: _builtins.int
     window: _builtins.int
     tau: _builtins.float
@@ -241,6 +243,11 @@ class FedTreeSpec(_message.Message):
     cluster_only: _builtins.bool
     lambda_init: _builtins.float
     """0 = 0.5"""
+    personal: _builtins.bool
+    """Beyond the paper: a third, personal expert per layer, never uploaded; its initial weight
+    (0 = the default 1/3, which is how the default travels).
+    """
+    personal_init: _builtins.float
     def __init__(
         self,
         *,
@@ -254,10 +261,12 @@ class FedTreeSpec(_message.Message):
         fixed_k: _builtins.int = ...,
         cluster_only: _builtins.bool = ...,
         lambda_init: _builtins.float = ...,
+        personal: _builtins.bool = ...,
+        personal_init: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "fixed_k", b"fixed_k", "lambda_init", b"lambda_init", "linkage", b"linkage", "metric", b"metric", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "fixed_k", b"fixed_k", "lambda_init", b"lambda_init", "linkage", b"linkage", "metric", b"metric", "personal", b"personal", "personal_init", b"personal_init", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
