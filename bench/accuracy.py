@@ -78,11 +78,12 @@ class Knobs:
     tau: float = 0.1
     window: int = 3
     metric: str = "euclidean"
+    distance_on: str = "B"
 
     def label(self) -> str:
         return (
             f"head {self.head_mode}, lambda_init {self.lambda_init}, theta_lr {self.theta_lr}, warmup {self.warmup_rounds}, "
-            f"tau {self.tau}, K {self.window}, metric {self.metric}"
+            f"tau {self.tau}, K {self.window}, metric {self.metric}, distance on {self.distance_on}"
         )
 
 
@@ -251,6 +252,7 @@ def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Pa
                 "tau": knobs.tau,
                 "window": knobs.window,
                 "metric": knobs.metric,
+                "distance_on": knobs.distance_on,
                 **fedtree_extra,
             },
         }
@@ -520,12 +522,13 @@ def cost_model(preset: Preset, runs: list[tuple[Federation, int, str]]) -> str:
 # One knob at a time around the base Knobs, on TUNE_SEEDS (clients and data no reported run sees).
 TUNE_GRID: dict[str, tuple[Any, ...]] = {
     "metric": ("euclidean", "cosine"),
+    "distance_on": ("B", "A"),
     "head_mode": ("frozen", "local", "cluster"),
     "lambda_init": (0.5, 0.7, 0.9),
     "theta_lr": (1e-2, 1e-1),
     "warmup_rounds": (2, 3),
-    "tau": (0.1, 0.3),
-    "window": (3, 5),
+    "tau": (0.0, 0.05, 0.1),
+    "window": (2, 3),
 }
 TUNE_BASELINES = ("local",)  # rerun per head mode: the head mode changes every method
 

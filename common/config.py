@@ -87,7 +87,12 @@ class FedTreeConfig(_Frozen):
     window: int = Field(3, ge=1, description="K: a layer's cut may add at most K-1 clusters to the layer below's.")
     tau: float = Field(0.1, description="phi(1): the score of keeping a layer at one cluster.")
     linkage: Literal["average", "complete", "single", "ward"] = Field("average", description="Agglomerative linkage of the tree.")
-    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="Distance between clients' B matrices.")
+    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="Distance between clients' LoRA factors.")
+    distance_on: Literal["B", "A"] = Field(
+        "B",
+        description="LoRA factor the client distance compares: B (the paper: the output side, which the head's "
+        "error signal drives) or A (the input side: where the client's texts lie).",
+    )
     rebuild_every: int = Field(0, ge=0, description="Rebuild the tree every N rounds after warmup; 0 = only once.")
     theta_lr: float = Field(1e-2, gt=0, description="Learning rate of the mixing logits theta (own optimiser group).")
     lambda_init: float = Field(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from common.chunking import Role
-from common.schema import UploadSpec
+from common.schema import UploadSpec, is_lora_a, is_lora_b
 from coordinator.spill import Uploads
 from coordinator.strategies.base import Download, LayerTensors, Strategy
 from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
@@ -130,7 +130,8 @@ class FedTree(Strategy):
         Dl = np.concatenate(
             [
                 layer_distances(
-                    stack_b([{layer: self._uploads.layer(w, layer)} for w in workers]), metric=self.cfg.metric
+                    stack_b([{layer: self._uploads.layer(w, layer)} for w in workers], names_filter=self._factor),
+                    metric=self.cfg.metric,
                 ).numpy()
                 for layer in self._uploads.layers(workers[0])
             ]
@@ -150,6 +151,11 @@ class FedTree(Strategy):
         log.info("[%s] clusters built after round %d over %d workers; per layer %s", self.name, round, len(workers), self.cuts)
         for line in (dendrogram(self.tree) if self.tree else []) + layer_groups(self.clusters()):
             log.info("[%s] %s", self.name, line)
+
+    def _factor(self, name: str) -> bool:
+        """The LoRA factor the client distance compares: B (the paper) or A (`fedtree.distance_on`).
+        Every client starts from the same A, so A_i - A_j is the difference of what they learned."""
+        return is_lora_a(name) if self.cfg.distance_on == "A" else is_lora_b(name)
 
     def _assign(self, workers: list[str], Dl: np.ndarray) -> list[np.ndarray]:
         """Cluster labels per layer (shallow to deep): the global tree cut per layer."""

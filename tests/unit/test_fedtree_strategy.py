@@ -171,3 +171,20 @@ def test_tree_build_from_spilled_uploads_matches_memory(tmp_path) -> None:  # ty
         for key, tensors in by_role(in_memory, worker).items():
             for name, t in tensors.items():
                 torch.testing.assert_close(by_role(spilled, worker)[key][name], t)
+
+
+def test_distance_on_a_groups_by_the_input_side() -> None:
+    """B groups the workers {w0,w1} | {w2,w3}, A groups them {w0,w3} | {w1,w2}: the tree follows
+    the factor `distance_on` names."""
+
+    def with_a(worker: str) -> dict[int, dict[str, torch.Tensor]]:
+        layers = planted(worker)
+        a_group = 0.0 if worker in ("w0", "w3") else 5.0  # A groups {w0,w3} | {w1,w2}
+        return {layer: {A: torch.full((2, 4), a_group + 0.01 * WORKERS.index(worker)), B: t[B]} for layer, t in layers.items()}
+
+    for factor, expected in (("B", [["w0", "w1"], ["w2", "w3"]]), ("A", [["w0", "w3"], ["w1", "w2"]])):
+        s = strategy(distance_on=factor, fixed_k=2)
+        for worker in WORKERS:
+            s.accumulate(worker, 2, with_a(worker), 1.0)
+        s.close_round(2)
+        assert s.clusters()[-1] == expected, factor

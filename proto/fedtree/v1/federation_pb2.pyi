@@ -231,6 +231,7 @@ class FedTreeSpec(_message.Message):
     LAMBDA_INIT_FIELD_NUMBER: _builtins.int
     PERSONAL_FIELD_NUMBER: _builtins.int
     PERSONAL_INIT_FIELD_NUMBER: _builtins.int
+    DISTANCE_ON_FIELD_NUMBER: _builtins.int
     warmup_rounds: _builtins.int
     window: _builtins.int
     tau: _builtins.float
@@ -248,6 +249,8 @@ class FedTreeSpec(_message.Message):
     (0 = the default 1/3, which is how the default travels).
     """
     personal_init: _builtins.float
+    distance_on: _builtins.str
+    """"B" (also when empty) or "A": the LoRA factor the tree's distance compares"""
     def __init__(
         self,
         *,
@@ -263,10 +266,11 @@ class FedTreeSpec(_message.Message):
         lambda_init: _builtins.float = ...,
         personal: _builtins.bool = ...,
         personal_init: _builtins.float = ...,
+        distance_on: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "fixed_k", b"fixed_k", "lambda_init", b"lambda_init", "linkage", b"linkage", "metric", b"metric", "personal", b"personal", "personal_init", b"personal_init", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_only", b"cluster_only", "distance_on", b"distance_on", "fixed_k", b"fixed_k", "lambda_init", b"lambda_init", "linkage", b"linkage", "metric", b"metric", "personal", b"personal", "personal_init", b"personal_init", "rebuild_every", b"rebuild_every", "tau", b"tau", "theta_lr", b"theta_lr", "warmup_rounds", b"warmup_rounds", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
