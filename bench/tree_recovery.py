@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from common.config import CoordinatorConfig, DataConfig, FedTreeConfig, RunConfig, WorkerConfig  # noqa: E402
 from coordinator.tree import ClientTree, build_tree, choose_cuts, layer_distances, stack_b  # noqa: E402
 from worker.data.planted import (  # noqa: E402
     PlantedClient,
@@ -63,8 +63,16 @@ from worker.data.planted import (  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- tree-recovery:begin -->", "<!-- tree-recovery:end -->"
-VARIANTS: tuple[tuple[str, str], ...] = (("B", "euclidean"), ("B", "cosine"), ("BA", "euclidean"), ("BA", "cosine"))
-DEFAULT_VARIANT = ("B", "euclidean")  # the coordinator's: fedtree.metric default, B only
+VARIANTS: tuple[tuple[str, str], ...] = (
+    ("B", "euclidean"),
+    ("B", "cosine"),
+    ("BA", "euclidean"),
+    ("BA", "cosine"),
+    ("A", "euclidean"),
+    ("A", "cosine"),
+)
+# the coordinator's: fedtree.distance_on and fedtree.metric at their defaults
+DEFAULT_VARIANT = (FedTreeConfig().distance_on, FedTreeConfig().metric)
 
 
 @dataclass(frozen=True)
@@ -279,13 +287,13 @@ def analyse(outcome: RunOutcome) -> tuple[dict[str, Any], list[VariantResult]]:
     check: dict[str, Any] = {}
     means: dict[str, float] = {}
     for kind, metric in VARIANTS:
-        per_client = [own[w] for w in leaves] if kind == "B" else [product_ba(own[w]) for w in leaves]
-        flt = (lambda n: "lora_B" in n) if kind == "B" else (lambda n: True)
+        per_client = [product_ba(own[w]) for w in leaves] if kind == "BA" else [own[w] for w in leaves]
+        flt = {"B": lambda n: "lora_B" in n, "A": lambda n: "lora_A" in n}.get(kind, lambda n: True)
         Dl = layer_distances(stack_b(per_client, names_filter=flt), metric=metric).numpy()  # type: ignore[arg-type]
         tree = build_tree(Dl.mean(axis=0), leaves, cfg.linkage)
         cuts = choose_cuts(tree, Dl, K=cfg.window, tau=cfg.tau).cuts
         results.append(score(tree, cuts, (kind, metric)))
-        if (kind, metric) == (DEFAULT_VARIANT[0], cfg.metric):
+        if (kind, metric) == (cfg.distance_on, cfg.metric):
             check = {"tree": _same_tree(tree, coord_tree), "cuts": cuts == list(outcome.meta["cuts"])}
             means = pair_means(Dl.mean(axis=0), [by_id[w] for w in leaves])
     coordinator = score(coord_tree, list(outcome.meta["cuts"]), ("coordinator", cfg.metric))
