@@ -53,6 +53,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "fedtree": ("fedtree", {}),
     "fedtree-k4": ("fedtree", {"fixed_k": 4}),
     "fedtree-cluster-only": ("fedtree", {"cluster_only": True}),
+    # beyond the paper (an option, not the default): a personal expert beside the cluster and external ones
+    "fedtree-personal": ("fedtree", {"personal": True}),
 }
 ALL = tuple(METHODS)
 # the baselines a clustered method must beat; ablations are compared with fedtree, not counted as baselines

@@ -28,6 +28,11 @@ def worker_layers(engine: RoundEngine, worker_id: str) -> tuple[dict[int, Tensor
         raise FailedPrecondition("no worker has joined this run yet")
     if worker_id not in engine.workers:
         raise NotFound(f"unknown worker '{worker_id}'")
+    if engine.run.strategy == "fedtree" and engine.run.fedtree.personal:
+        raise FailedPrecondition(
+            "this run keeps a personal expert on each worker (fedtree.personal) that the coordinator never sees: "
+            "export from the worker (`python -m worker export --output-dir DIR`)"
+        )
     pulled: dict[int, dict[Role, Tensors]] = {}
     for item in engine.strategy.downloads(worker_id, engine.last_closed + 1):
         pulled.setdefault(item.layer, {})[item.role] = item.tensors
