@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -580,12 +583,33 @@ def tune(preset: Preset, tmp: Path, knobs_to_tune: tuple[str, ...]) -> tuple[lis
     return out, results
 
 
+def _init_job() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_all(runs: list[tuple[Federation, int, str]], preset: Preset, tmp: Path, jobs: int) -> Iterator[RunResult]:
+    """Every run, `jobs` at a time in their own processes (results in completion order); 1 = in this process."""
+    if jobs <= 1:
+        for fed, seed, method in runs:
+            yield run_one(method, seed, preset, fed, tmp)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_job) as pool:
+        futures = [pool.submit(run_one, method, seed, preset, fed, tmp) for fed, seed, method in runs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted([*PRESETS, "tune"]), default="quick")
     parser.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the PNG and JSON go")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--dry-run", action="store_true", help="print the cost model and exit")
     parser.add_argument("--seeds", help="comma-separated seeds instead of the preset's (tuning: never a reported seed)")
     parser.add_argument("--tune-base", default="", help="--preset tune: base knobs, e.g. metric=cosine,lambda_init=0.5")
@@ -630,9 +654,10 @@ def main(argv: list[str] | None = None) -> int:
             report_lines, results = tune(preset, Path(tmp), tuple(args.tune_knobs.split(",")))
             report = "\n".join(report_lines)
         else:
-            for i, (fed, seed, method) in enumerate(runs, 1):
-                result = run_one(method, seed, preset, fed, Path(tmp))
+            for i, result in enumerate(run_all(runs, preset, Path(tmp), args.jobs), 1):
                 results.append(result)
+                fed = next(f for f in preset.federations if f.name == result.federation)
+                seed, method = result.seed, result.method
                 s = summarise(result, fed.tasks)
                 print(
                     f"  [{i}/{len(runs)}] {fed.name} seed {seed} {method:<22} best {100 * s['best']['mean']:5.1f} "
