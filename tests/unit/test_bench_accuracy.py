@@ -46,4 +46,5 @@ def test_presets_follow_the_protocols() -> None:
     assert len(skew.tasks) == 1 and skew.n_clients >= 12
     full = PRESETS["full"]
     assert len(full.seeds) == 3 and all("local" in f.methods and "fedtree" in f.methods for f in full.federations)
-    assert any(f.alpha is None for f in full.federations) and any(f.alpha is not None for f in full.federations)
+    assert {f.name for f in full.federations} == {"tasks", "skew"}
+    assert any(f.alpha is None for f in PRESETS["tasks"].federations)
