@@ -295,6 +295,7 @@ def analyse(outcome: RunOutcome) -> tuple[dict[str, Any], list[VariantResult]]:
         results.append(score(tree, cuts, (kind, metric)))
         if (kind, metric) == (cfg.distance_on, cfg.metric):
             check = {"tree": _same_tree(tree, coord_tree), "cuts": cuts == list(outcome.meta["cuts"])}
+        if (kind, metric) == ("B", "euclidean"):  # the skew coupling is a property of B (the head's error signal)
             means = pair_means(Dl.mean(axis=0), [by_id[w] for w in leaves])
     coordinator = score(coord_tree, list(outcome.meta["cuts"]), ("coordinator", cfg.metric))
     return {"check": check, "coordinator": coordinator, "pair_means": means}, results

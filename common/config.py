@@ -89,14 +89,18 @@ class FedTreeConfig(_Frozen):
     linkage: Literal["average", "complete", "single", "ward"] = Field("average", description="Agglomerative linkage of the tree.")
     metric: Literal["euclidean", "cosine"] = Field("euclidean", description="Distance between clients' LoRA factors.")
     distance_on: Literal["B", "A"] = Field(
-        "B",
-        description="LoRA factor the client distance compares: B (the paper: the output side, which the head's "
-        "error signal drives) or A (the input side: where the client's texts lie).",
+        "A",
+        description="LoRA factor the client distance compares: A (default, beyond the paper: the input side, where the "
+        "client's texts lie) or B (the paper: the output side, which the head's error signal and the label skew drive).",
     )
     rebuild_every: int = Field(0, ge=0, description="Rebuild the tree every N rounds after warmup; 0 = only once.")
     theta_lr: float = Field(1e-2, gt=0, description="Learning rate of the mixing logits theta (own optimiser group).")
     lambda_init: float = Field(
-        0.5, gt=0, lt=1, description="Initial lambda = sigmoid(theta) of every split layer (0.5 = theta 0, the paper's)."
+        0.8,
+        gt=0,
+        lt=1,
+        description="Initial lambda = sigmoid(theta), the cluster expert's weight in every split layer (the paper starts at "
+        "0.5; 0.8 was chosen on the accuracy benchmark's tuning split, docs/BENCHMARKS.md).",
     )
     fixed_k: int | None = Field(None, ge=1, description="Ablation: every layer uses this many clusters of the tree.")
     cluster_only: bool = Field(False, description="Ablation: lambda = 1 everywhere (no external expert).")

@@ -72,7 +72,7 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             cluster_only=run.fedtree.cluster_only,
             lambda_init=run.fedtree.lambda_init,
             personal=run.fedtree.personal,
-            distance_on="" if run.fedtree.distance_on == "B" else run.fedtree.distance_on,
+            distance_on=run.fedtree.distance_on,
             # the default travels as 0 (not on the wire at all): RunSpecs of runs without it are unchanged
             personal_init=0.0 if run.fedtree.personal_init == _PERSONAL_INIT else run.fedtree.personal_init,
         ),
@@ -108,7 +108,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         cluster_only=ft.cluster_only,
         lambda_init=ft.lambda_init or 0.5,
         personal=ft.personal,
-        distance_on=ft.distance_on or "B",  # type: ignore[arg-type]
+        distance_on=ft.distance_on or "B",  # type: ignore[arg-type]  # empty: a coordinator from before the knob
         personal_init=ft.personal_init or _PERSONAL_INIT,
     )
     generation = GenerationConfig(max_new_tokens=msg.train.max_new_tokens or 32, num_beams=msg.train.num_beams or 1)

@@ -23,8 +23,7 @@ def minilm_path() -> Path:
     return default_model_path()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_tiny_bert(path: Path, **overrides: float) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) saved as a Hugging Face directory.
 
     It borrows MiniLM's tokenizer files so that tokenisation is real and offline.
@@ -32,7 +31,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522,
@@ -41,6 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        **overrides,
     )
     BertForSequenceClassification(config).save_pretrained(path)
     for name in TOKENIZER_FILES:
@@ -48,6 +47,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if src.exists():
             shutil.copy(src, path / name)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_no_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT without dropout: worker threads of one process share torch's global RNG, so
+    training with dropout is not repeatable there; without it every worker's run is."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @pytest.fixture

@@ -83,10 +83,11 @@ def test_fedalt_sends_the_rest_of_world_mean_and_never_the_own_adapter() -> None
 
 
 def planted(worker: str) -> dict[int, dict[str, torch.Tensor]]:
-    """Groups {w0,w1} / {w2,w3}, separated in every layer, the sub-pairs never."""
+    """Groups {w0,w1} / {w2,w3}, separated in every layer (in A and in B), the sub-pairs never."""
     sign = 1.0 if worker in ("w0", "w1") else -1.0
     noise = 0.01 * int(worker[1])
-    return {layer: {A: torch.zeros(2, 3), B: torch.full((3, 2), sign * (layer + 1) + noise)} for layer in range(LAYERS)}
+    values = {layer: sign * (layer + 1) + noise for layer in range(LAYERS)}
+    return {layer: {A: torch.full((2, 3), v), B: torch.full((3, 2), v)} for layer, v in values.items()}
 
 
 def warm(name: str) -> object:

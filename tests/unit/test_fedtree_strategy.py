@@ -27,7 +27,7 @@ def planted(worker: str) -> dict[int, dict[str, torch.Tensor]]:
 
 
 def strategy(**knobs: object) -> FedTree:
-    cfg = FedTreeConfig(**{"warmup_rounds": 2, **knobs})  # type: ignore[arg-type]
+    cfg = FedTreeConfig(**{"warmup_rounds": 2, "distance_on": "B", **knobs})  # type: ignore[arg-type]  # planted in B
     return FedTree(RunConfig(strategy="fedtree", fedtree=cfg), SCHEMA)
 
 
@@ -159,7 +159,7 @@ def test_rebuild_every_rebuilds_from_that_rounds_uploads() -> None:
 
 def test_tree_build_from_spilled_uploads_matches_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
     in_memory = strategy()
-    spilled = FedTree(RunConfig(strategy="fedtree", fedtree=FedTreeConfig(warmup_rounds=2)), SCHEMA, tmp_path / "spill")
+    spilled = FedTree(RunConfig(strategy="fedtree", fedtree=in_memory.cfg), SCHEMA, tmp_path / "spill")
     warm_up(in_memory)
     for worker in WORKERS:
         spilled.accumulate(worker, 2, planted(worker), 1.0)

@@ -250,7 +250,7 @@ class FedTreeSpec(_message.Message):
     """
     personal_init: _builtins.float
     distance_on: _builtins.str
-    """"B" (also when empty) or "A": the LoRA factor the tree's distance compares"""
+    """"A" or "B" (empty: B, a coordinator from before this field): the factor the tree's distance compares"""
     def __init__(
         self,
         *,
