@@ -91,9 +91,9 @@ bench-memory: install
 bench-tree-recovery: install
 	$(PYTHON) bench/tree_recovery.py $(if $(QUICK),--quick)
 
-# all strategies, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full` for 3 seeds
+# every strategy on the `tasks` federation, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full --jobs 2` for both protocols x 3 seeds (~80 min)
 bench-accuracy: install
-	$(PYTHON) bench/accuracy.py --preset quick
+	$(PYTHON) bench/accuracy.py --preset quick --jobs 2
 
 # Container deployment (docs/DEPLOY.md). The torch CPU wheel goes into the build context (./wheels, git-ignored).
 TORCH_WHEEL_SRC ?= /opt/wheels
