@@ -224,6 +224,7 @@ class RunResult:
     peak_rss: int = 0  # bytes, this process (all worker threads + coordinator)
     lambdas: dict[int, dict[str, dict[int, float]]] = field(default_factory=dict)  # round -> client -> layer -> lambda
     knobs: str = ""
+    tree_ari: float | None = None  # adjusted Rand index of the tree's top split (one cluster per task) vs the tasks
 
 
 def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Path, knobs: Knobs | None = None) -> RunResult:
@@ -304,6 +305,7 @@ def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Pa
         acc = {r: {w: m[preset.metric] for w, m in per.items()} for r, per in evals.items()}
         meta = store.get("strategy_meta") or {}
         cuts = list(meta.get("cuts") or [])
+        tree_ari = _tree_ari(meta, client_task)
         lambdas = {
             r: {
                 w: {int(k.split("_", 1)[1]): float(v) for k, v in push["metrics"].items() if k.startswith("lambda_")}
@@ -314,7 +316,20 @@ def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Pa
         lambdas = {r: per for r, per in lambdas.items() if any(per.values())}
     finally:
         coordinator.stop(grace=0.5)
-    return RunResult(method, seed, fed.name, acc, client_task, seconds, cuts, evals, rss.peak, lambdas, knobs.label())
+    return RunResult(method, seed, fed.name, acc, client_task, seconds, cuts, evals, rss.peak, lambdas, knobs.label(), tree_ari)
+
+
+def _tree_ari(meta: dict[str, Any], client_task: dict[str, str]) -> float | None:
+    """How well the run's client tree puts the tasks at its top split (None: no tree, or one task)."""
+    tasks = sorted(set(client_task.values()))
+    if not meta.get("tree") or len(tasks) < 2:
+        return None
+    from sklearn.metrics import adjusted_rand_score
+
+    from coordinator.tree import ClientTree
+
+    tree = ClientTree.from_dict(meta["tree"])
+    return float(adjusted_rand_score([client_task[w] for w in tree.leaves], tree.partition(len(tasks))))
 
 
 def summarise(result: RunResult, tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -391,6 +406,7 @@ def tables(results: list[RunResult], preset: Preset) -> str:
             out.extend(paired(results, fed, which))
         cut_lines = [
             f"- seed {r.seed}, {r.method}: {r.cuts}"
+            + (f" (task ARI of the top split {r.tree_ari:.2f})" if r.tree_ari is not None else "")
             for r in results
             if r.federation == fed.name and r.method.startswith(("fedtree", "flat", "indep")) and r.cuts
         ]
