@@ -17,7 +17,7 @@ The coordinator's tree and cuts are read from its state (strategy_meta). The dis
 (B or the product B@A per module; euclidean or cosine) are recomputed offline from each worker's
 checkpoint (its own A and B after the last warmup round = what it uploaded) with the
 coordinator's own functions (stack_b, layer_distances, build_tree, choose_cuts), and the offline
-B/euclidean tree is checked against the coordinator's.
+tree of the default distance (fedtree.distance_on / metric) is checked against the coordinator's.
 
 Reported: adjusted Rand index of tree.partition(#tasks) vs the tasks (the top split) and of
 tree.partition(#subgroups) vs the skew subgroups, and the per-layer cuts, per federation x
@@ -378,7 +378,7 @@ def _describe(groups: list[list[str]], clients: list[PlantedClient]) -> str:
 
 
 def goal_misses(analysed: list[tuple[RunOutcome, dict[str, Any], list[VariantResult]]]) -> list[str]:
-    """Goal: ARI 1.0 (task and subgroup) for the defaults: name-keyed, head local, B euclidean (the coordinator's tree)."""
+    """Goal: ARI 1.0 (task and subgroup) for the defaults: name-keyed, head local, the default distance (the coordinator's tree)."""
     misses = []
     for o, c, _ in analysed:
         if o.labelling != "name" or o.head_mode != "local":
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             share = np.mean([focus_share(c) for c in outcome.clients])
             print(
                 f"    {outcome.seconds:.0f} s; coordinator tree: task ARI {_fmt(r.task_ari)} subgroup ARI {_fmt(r.subgroup_ari)} "
-                f"cuts {r.cuts}; offline B/euclidean = coordinator: {check['check']}; focus share {share:.2f}",
+                f"cuts {r.cuts}; offline {DEFAULT_VARIANT[0]}/{DEFAULT_VARIANT[1]} = coordinator: {check['check']}; focus share {share:.2f}",
                 flush=True,
             )
     wall = time.monotonic() - started
@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.warmup_rounds}, average linkage, cuts with K = 3, tau = 0.1; seed {settings.seed}. Real coordinator "
         "(gRPC, loopback) + real worker.runner.Workers as threads. ARI = adjusted Rand index of tree.partition(#tasks) vs "
         "task (the top split) and of tree.partition(#subgroups) vs skew subgroup. BEFORE = integer label names, no task "
-        "namespace (head row i shared by label i of every task, the old index-keyed init). B euclidean is the coordinator's "
+        "namespace (head row i shared by label i of every task, the old index-keyed init). "
+        f"{DEFAULT_VARIANT[0]} {DEFAULT_VARIANT[1]} (the default fedtree.distance_on / metric) is the coordinator's "
         "own tree (its offline recomputation from the worker checkpoints is checked equal); the other distances are "
         "recomputed offline from the same checkpoints (BA = B @ A per module, flattened). head_mode cluster trains as "
         "local before the tree exists (warmup is local-only), so it is not run separately. Skew coupling = mean distance "
@@ -489,14 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         "their skew).\n"
     )
     verdict = (
-        "Goal (ARI 1.0 for task and subgroup with the defaults: name-keyed, head local, B euclidean): "
+        f"Goal (ARI 1.0 for task and subgroup with the defaults: name-keyed, head local, {' '.join(DEFAULT_VARIANT)}): "
         + ("met on every federation." if not misses else "MISSED: " + "; ".join(misses) + ".")
         + "\n"
     )
     block = header + "\n" + report + "\n" + verdict
     print("\n" + block)
     if mismatches:
-        print(f"WARNING: offline B/euclidean tree != coordinator's for {mismatches}")
+        print(f"WARNING: offline default-distance tree != coordinator's for {mismatches}")
     if args.doc:
         write_doc(block)
         print(f"wrote {DOC}")
