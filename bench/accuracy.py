@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.generation import GENERATION_TASKS, PeakRss, metric_table, write_federation  # noqa: E402
+from bench.report import write_block  # noqa: E402
 from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
 from coordinator.server import Coordinator  # noqa: E402
 from worker.data.partition import partition_federation, write_partitions  # noqa: E402
@@ -491,13 +492,7 @@ def plot(results: list[RunResult], preset: Preset, path: Path) -> None:
 
 def write_report(report: str, doc: Path, preset_name: str) -> None:
     begin, end = f"<!-- accuracy:{preset_name}:begin -->", f"<!-- accuracy:{preset_name}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{report}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + f"\n\n## accuracy — preset `{preset_name}`\n\n{block}\n"
-    doc.write_text(text)
+    write_block(doc, begin, end, report, f"accuracy — preset `{preset_name}`")
 
 
 # -- cost model ---------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_block  # noqa: E402
 from common.config import CoordinatorConfig, DataConfig, FedTreeConfig, RunConfig, WorkerConfig  # noqa: E402
 from coordinator.tree import ClientTree, build_tree, choose_cuts, layer_distances, stack_b  # noqa: E402
 from worker.data.planted import (  # noqa: E402
@@ -396,13 +397,7 @@ def goal_misses(analysed: list[tuple[RunOutcome, dict[str, Any], list[VariantRes
 
 
 def write_doc(block: str, doc: Path = DOC) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    body = f"{BEGIN}\n{block}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + f"\n\n## tree recovery\n\n{body}\n"
-    doc.write_text(text)
+    write_block(doc, BEGIN, END, block, "tree recovery")
 
 
 def plan(federations: list[str], head_modes: list[str]) -> list[tuple[Federation, str, str]]:

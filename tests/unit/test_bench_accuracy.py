@@ -48,3 +48,16 @@ def test_presets_follow_the_protocols() -> None:
     assert len(full.seeds) == 3 and all("local" in f.methods and "fedtree" in f.methods for f in full.federations)
     assert {f.name for f in full.federations} == {"tasks", "skew"}
     assert any(f.alpha is None for f in PRESETS["tasks"].federations)
+
+
+def test_report_block_is_replaced_in_place(tmp_path: Path) -> None:
+    from bench.accuracy import write_report
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nintro\n")
+    write_report("first", doc, "quick")
+    doc.write_text(doc.read_text() + "\nafter\n")
+    write_report("second", doc, "quick")
+    text = doc.read_text()
+    assert "first" not in text and text.count("second") == 1 and text.count("## accuracy — preset `quick`") == 1
+    assert text.startswith("# Benchmarks\n\nintro\n") and text.endswith("\nafter\n")
