@@ -7,29 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from lora_helpers import LORA, TEXTS, logits, randomise
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from common.chunking import Role
-from common.config import LoraConfig
 from worker.export import export_adapter, personalised_layers
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model
-
-LORA = LoraConfig(rank=4, alpha=8.0)
-TEXTS = ["the match ended with a late goal", "new chips make phones faster", "bake the bread with spice"]
-
-
-def randomise(lm: LoraModel, seed: int) -> dict[int, dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    return {layer: {n: torch.randn(p.shape, generator=gen) * 0.3 for n, p in named.items()} for layer, named in lm.params.items()}
-
-
-def logits(model: torch.nn.Module, lm: LoraModel) -> torch.Tensor:
-    model.eval()
-    enc = lm.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        return model(**enc).logits
 
 
 def reload(path: Path, adapter: Path, num_labels: int) -> torch.nn.Module:

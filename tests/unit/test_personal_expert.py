@@ -9,33 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from lora_helpers import LORA, TEXTS, Layers, logits, randomise
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
 from common.chunking import Role
-from common.config import FedTreeConfig, LoraConfig, RunConfig
+from common.config import FedTreeConfig, RunConfig
 from common.schema import UploadSpec
 from worker.export import export_adapter, personalised_layers
 from worker.mixed import EXTERNAL, MixedExperts
 from worker.model import LoraModel, build_model
 from worker.personal import PERSONAL, PersonalExperts, mixed_experts
-
-LORA = LoraConfig(rank=4, alpha=8.0)
-TEXTS = ["the match ended with a late goal", "new chips make phones faster", "bake the bread with spice"]
-Layers = dict[int, dict[str, torch.Tensor]]
-
-
-def randomise(lm: LoraModel, seed: int) -> Layers:
-    gen = torch.Generator().manual_seed(seed)
-    return {layer: {n: torch.randn(p.shape, generator=gen) * 0.3 for n, p in named.items()} for layer, named in lm.params.items()}
-
-
-def logits(model: torch.nn.Module, lm: LoraModel) -> torch.Tensor:
-    model.eval()
-    enc = lm.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        return model(**enc).logits
 
 
 def pulled(lm: LoraModel, seed: int, pinned_layer: int | None) -> dict[int, dict[Role, dict[str, torch.Tensor]]]:
