@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.accuracy import PRESETS, Federation, RunResult, lambda_table, paired  # noqa: E402
+from bench.accuracy_presets import PRESETS, Federation, RunResult  # noqa: E402
+from bench.accuracy_report import lambda_table, paired  # noqa: E402
 
 FED = Federation("t", ("a", "b"), 1, 0.5, ("local", "fedit", "fedtree"))
 TASKS = {"c0": "a", "c1": "b"}
