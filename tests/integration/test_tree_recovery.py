@@ -25,7 +25,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.tree_recovery import Federation, Settings, analyse, run_federation, skew_coupling  # noqa: E402
+from bench.tree_recovery import Settings, run_federation  # noqa: E402
+from bench.tree_recovery_analysis import Federation, analyse, skew_coupling  # noqa: E402
 
 pytestmark = [pytest.mark.corpora]
 
