@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from common import serde
 from common.chunking import BlobKey, ChunkData, Role
 from common.errors import InvalidArgument
+from common.types import PushHeader
 from proto.fedtree.v1 import federation_pb2 as pb
 
 _VARINT, _LEN = 0, 2
@@ -140,9 +142,10 @@ def decode_chunk(data: bytes | memoryview) -> ChunkData:
 
 @dataclass(frozen=True)
 class PushPart:
-    """One message of a PushUpdate stream: a header, a chunk, or why it is neither."""
+    """One message of a PushUpdate stream, decoded to domain types: a header, a chunk, or why it
+    is neither (the servicer never sees the protobuf message)."""
 
-    header: pb.PushHeader | None = None
+    header: PushHeader | None = None
     chunk: ChunkData | None = None
     problem: str | None = None
 
@@ -161,7 +164,7 @@ def decode_push_request(data: bytes) -> PushPart:
         msg = pb.PushUpdateRequest.FromString(data)
         which = msg.WhichOneof("payload")
         if which == "header":
-            return PushPart(header=msg.header)
+            return PushPart(header=serde.push_header_from_proto(msg.header))
         if which == "chunk":
             return PushPart(chunk=decode_chunk(msg.chunk.SerializeToString()))
         return PushPart(problem="empty push message")

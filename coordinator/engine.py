@@ -6,6 +6,10 @@ gRPC servicer only decodes, calls this and encodes. A round opens when `min_work
 have pushed (default all) or its deadline passes, and is checkpointed before the next opens.
 After the last round, every participant gets one EVALUATE task, then DONE.
 
+A push is admitted once (`begin_push`: the duplicate ack, or a `PushTicket` carrying what it
+must carry) before its bytes are read, and folded by `commit`, which re-checks only what can
+have changed while they arrived.
+
 With `run.train.head_mode: cluster` a push may carry the classifier head's label rows (the
 HEAD_LAYER blob, common/schema.py): they go to the strategy's head sums, not its adapter sums.
 Their length (hidden + 1, the run's head width) is fixed by the first accepted head push and
@@ -54,6 +58,28 @@ class RoundInfo:
     participants: dict[str, int]  # worker -> example count
     pushed: dict[str, str] = field(default_factory=dict)  # worker -> upload id
     evaluating: bool = False  # the final evaluation pass after the last round
+
+
+@dataclass(frozen=True)
+class PushTicket:
+    """An admitted push (`RoundEngine.begin_push`): who pushes which round under which upload id,
+    and what it must carry, fixed once; `RoundEngine.commit` folds the received update under it."""
+
+    header: PushHeader
+    spec: UploadSpec
+    expected: Schema  # layer -> tensors the push must carry (HEAD_LAYER -> {}: the head blob)
+
+    @property
+    def worker_id(self) -> str:
+        return self.header.worker_id
+
+    @property
+    def round(self) -> int:
+        return self.header.round
+
+    @property
+    def upload_id(self) -> str:
+        return self.header.upload_id
 
 
 class RoundEngine:
@@ -260,45 +286,49 @@ class RoundEngine:
             items = self.strategy.downloads(worker_id, round) + self.strategy.head_downloads(worker_id, round)
             return self.last_closed, items
 
-    def accepted_before(self, header: PushHeader) -> PushResult | None:
-        """The ack of an upload id already accepted (a retry after a lost ack), else None."""
-        with self._cond:
-            cur = self.current
-            if cur is not None and cur.round == header.round and cur.pushed.get(header.worker_id) == header.upload_id:
-                return PushResult(True, header.round, 0, duplicate=True)
-            if header.round <= self.last_closed:
-                previous = self.store.pushes(header.round).get(header.worker_id)
-                if previous is not None and previous["upload_id"] == header.upload_id:
-                    return PushResult(True, header.round, 0, duplicate=True)
-            return None
+    def begin_push(self, header: PushHeader) -> PushTicket | PushResult:
+        """Admit a push before any of its bytes are read: the duplicate ack of an upload id
+        already accepted (a retry after a lost ack), or the ticket to receive and `commit` it.
 
-    def expected_upload(self, header: PushHeader) -> Schema:
-        """Validate a push header; return the tensors the push must carry, per layer."""
+        Checks the worker (known, not evicted), the round (open, a participant, not the
+        evaluation pass, not pushed yet) and the example count, and fixes what the push must carry.
+        """
         with self._cond:
-            self._worker(header.worker_id)
-            self._check_round(header.worker_id, header.round)
-            assert self.strategy is not None and self.schema is not None and self.current is not None
-            if self.current.evaluating:
-                raise FailedPrecondition(f"round {header.round} is in its evaluation pass: report metrics, do not push")
-            spec: UploadSpec = self.strategy.push_spec(header.worker_id, header.round)
-            if header.num_examples <= 0 and not spec.empty:
-                raise InvalidArgument("num_examples must be positive")
-            return select(self.schema, spec) if not spec.empty else {}
-
-    def commit_push(self, header: PushHeader, update: LayerTensors, nbytes: int) -> PushResult:
-        """Fold a fully received and validated push into the round; idempotent per upload id."""
-        with self._cond:
-            info = self._worker(header.worker_id)
-            cur = self.current
-            duplicate = self.accepted_before(header)
+            duplicate = self._accepted(header)
             if duplicate is not None:
                 return duplicate
-            self._check_round(header.worker_id, header.round)
-            assert self.strategy is not None and cur is not None
-            if header.worker_id in cur.pushed:
+            self._worker(header.worker_id)
+            cur = self._check_round(header.worker_id, header.round)
+            assert self.strategy is not None and self.schema is not None
+            if cur.evaluating:
+                raise FailedPrecondition(f"round {header.round} is in its evaluation pass: report metrics, do not push")
+            self._not_pushed(cur, header)
+            spec = self.strategy.push_spec(header.worker_id, header.round)
+            if header.num_examples <= 0 and not spec.empty:
+                raise InvalidArgument("num_examples must be positive")
+            return PushTicket(header, spec, select(self.schema, spec) if not spec.empty else {})
+
+    def commit(self, ticket: PushTicket, update: LayerTensors, nbytes: int) -> PushResult:
+        """Fold a push received and validated under `ticket` into its round.
+
+        Re-checks only what may have changed while the bytes arrived: the worker evicted, the
+        round closed (deadline, quorum) and the same worker's push committed by a concurrent
+        call (the same upload id: acknowledged as a duplicate; another: rejected).
+        """
+        header = ticket.header
+        with self._cond:
+            info = self._worker(header.worker_id)
+            duplicate = self._accepted(header)
+            if duplicate is not None:
+                return duplicate
+            cur = self.current
+            if cur is None or cur.round != header.round or cur.evaluating or header.worker_id not in cur.participants:
                 raise FailedPrecondition(
-                    f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})"
+                    f"round {header.round} closed while the push of worker {header.worker_id} was being received "
+                    f"(current: {cur.round if cur else 'none'}, last closed: {self.last_closed})"
                 )
+            self._not_pushed(cur, header)
+            assert self.strategy is not None
             head = update.get(HEAD_LAYER)
             if head is not None:  # its length must be the run's head width: checked before anything is recorded
                 where = f"push of worker {header.worker_id} round {header.round} head"
@@ -332,6 +362,24 @@ class RoundEngine:
             self._cond.notify_all()
             return PushResult(True, header.round, len(update))
 
+    def _accepted(self, header: PushHeader) -> PushResult | None:
+        """The ack of an upload id already accepted (a retry after a lost ack), else None."""
+        cur = self.current
+        if cur is not None and cur.round == header.round and cur.pushed.get(header.worker_id) == header.upload_id:
+            return PushResult(True, header.round, 0, duplicate=True)
+        if header.round <= self.last_closed:
+            previous = self.store.pushes(header.round).get(header.worker_id)
+            if previous is not None and previous["upload_id"] == header.upload_id:
+                return PushResult(True, header.round, 0, duplicate=True)
+        return None
+
+    @staticmethod
+    def _not_pushed(cur: RoundInfo, header: PushHeader) -> None:
+        if header.worker_id in cur.pushed:
+            raise FailedPrecondition(
+                f"worker {header.worker_id} already pushed round {header.round} (upload {cur.pushed[header.worker_id]})"
+            )
+
     def report_metrics(self, worker_id: str, round: int, metrics: dict[str, float]) -> None:
         """Metrics of the model a worker uses after `round`'s aggregation (the papers' protocol)."""
         with self._cond:
@@ -351,7 +399,8 @@ class RoundEngine:
             if worker_id in self.workers:
                 self.workers[worker_id].bytes_sent += nbytes
 
-    def _check_round(self, worker_id: str, round: int) -> None:
+    def _check_round(self, worker_id: str, round: int) -> RoundInfo:
+        """The open round, if it is `round` and `worker_id` takes part in it."""
         cur = self.current
         if cur is None or cur.round != round:
             raise FailedPrecondition(
@@ -359,6 +408,7 @@ class RoundEngine:
             )
         if worker_id not in cur.participants:
             raise FailedPrecondition(f"worker {worker_id} is not a participant of round {round}")
+        return cur
 
     # -- operator actions ----------------------------------------------------------------------
     def evict(self, worker_id: str) -> None:

@@ -13,6 +13,7 @@ import grpc
 
 from common import serde, wire
 from common.errors import FedtreeError, InvalidArgument, PermissionDenied, status_code
+from common.types import PushResult
 from coordinator.engine import RoundEngine
 from coordinator.metrics import PUSH_LATENCY
 from coordinator.transfer import BlobCache, UpdateReceiver, download_messages
@@ -111,22 +112,19 @@ class FederationServicer(pb_grpc.FederationServicer):
             first = next(request_iterator, None)
             if first is None or first.header is None:
                 raise InvalidArgument("a push must start with a header message")
-            header = serde.push_header_from_proto(first.header)
-            self._identity(context, header.worker_id)
-            duplicate = self.engine.accepted_before(header)
-            if duplicate is not None:  # a retry after a lost ack: acknowledge, count nothing
+            self._identity(context, first.header.worker_id)
+            admitted = self.engine.begin_push(first.header)
+            if isinstance(admitted, PushResult):  # a retry after a lost ack: acknowledge, count nothing
                 for _ in request_iterator:
                     pass
-                return serde.push_result_to_proto(duplicate)
-            receiver = UpdateReceiver(
-                header, self.engine.expected_upload(header), self.max_blob_bytes, wire_dtype=self.engine.run.wire_dtype
-            )
+                return serde.push_result_to_proto(admitted)
+            receiver = UpdateReceiver(admitted.header, admitted.expected, self.max_blob_bytes, self.engine.run.wire_dtype)
             for part in request_iterator:
                 if part.chunk is None:
                     raise InvalidArgument(part.problem or "only chunks may follow the push header")
                 receiver.feed(part.chunk)
             update = receiver.finish()
-            return serde.push_result_to_proto(self.engine.commit_push(header, update, receiver.nbytes))
+            return serde.push_result_to_proto(self.engine.commit(admitted, update, receiver.nbytes))
         finally:
             PUSH_LATENCY.observe(time.perf_counter() - started)
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import torch
-
-from common import codec, wire
+from common import blobs, codec, wire
 from common.chunking import Assembler, BlobKey, ChunkData, Role, split
 from common.errors import InvalidArgument
-from common.schema import HEAD_LAYER, Schema, dtype_name, validate_head, validate_layer
+from common.schema import HEAD_LAYER, Schema
 from common.types import PushHeader
 from coordinator.strategies import Download
 from coordinator.strategies.base import LayerTensors
@@ -82,17 +80,15 @@ class UpdateReceiver:
 
     Nothing is folded into an aggregate here: the engine commits the whole update only after
     every expected layer has arrived intact, so a bad push leaves the round's sums unchanged.
-    The head blob (HEAD_LAYER, expected as {} in `expected`) is checked by `validate_head`: rows
-    float32 (or the run's wire dtype), 1-D, finite, of one length, named; the engine checks that
-    length against the run's head width when it commits.
+    Each blob is decoded, checked as it travelled (the run's wire dtype) and restored to the
+    sender's dtypes by `blobs.decode_blob`; the head blob (HEAD_LAYER, expected as {} in
+    `expected`) is checked there by `validate_head`, its width by the engine when it commits.
     """
 
     def __init__(self, header: PushHeader, expected: Schema, max_blob_bytes: int, wire_dtype: str | None = None) -> None:
         self.header = header
         self.expected = expected
-        # With a wire dtype, float32 tensors must arrive in it; they are restored to float32 after validation.
-        self._on_wire = _as_sent(expected, wire_dtype)
-        self._head_dtype = dtype_name(codec.WIRE_DTYPES[wire_dtype]) if wire_dtype else "float32"
+        self.wire_dtype = wire_dtype
         self.update: LayerTensors = {}
         self.nbytes = 0
         self._assembler = Assembler(max_blob_bytes)
@@ -104,8 +100,8 @@ class UpdateReceiver:
             self._accept(*done)
 
     def _accept(self, key: BlobKey, blob: bytes) -> None:
-        part = "head" if key.layer == HEAD_LAYER else f"layer {key.layer}"
-        where = f"push of worker {self.header.worker_id} round {self.header.round} {part}"
+        head = key.layer == HEAD_LAYER
+        where = f"push of worker {self.header.worker_id} round {self.header.round} {'head' if head else f'layer {key.layer}'}"
         if key.round != self.header.round:
             raise InvalidArgument(f"{where}: blob is tagged for round {key.round}")
         if key.role != Role.UPDATE:
@@ -114,18 +110,8 @@ class UpdateReceiver:
             raise InvalidArgument(f"{where}: layer {key.layer} is not expected in this push (expected {sorted(self.expected)})")
         if key.layer in self.update:
             raise InvalidArgument(f"{where}: layer sent twice")
-        tensors, _ = codec.decode(blob)
-        if key.layer == HEAD_LAYER:
-            validate_head(tensors, where, dtype=self._head_dtype)
-            self.update[key.layer] = {name: t.to(torch.float32) for name, t in tensors.items()}
-            return
-        validate_layer(tensors, self._on_wire[key.layer], where)
-        if self._on_wire is not self.expected:
-            tensors = {
-                name: t.to(torch.float32) if self.expected[key.layer][name].dtype == "float32" else t
-                for name, t in tensors.items()
-            }
-        self.update[key.layer] = tensors
+        expected = None if head else self.expected[key.layer]
+        self.update[key.layer] = blobs.decode_blob(blob, where, expected=expected, head=head, wire_dtype=self.wire_dtype)
 
     def finish(self) -> LayerTensors:
         self._assembler.finish()
@@ -137,14 +123,3 @@ class UpdateReceiver:
         if missing:
             raise InvalidArgument(f"push of worker {self.header.worker_id} round {self.header.round} is missing layers {missing}")
         return self.update
-
-
-def _as_sent(expected: Schema, wire_dtype: str | None) -> Schema:
-    """The schema as a push travels: float32 tensors in the wire dtype (the schema itself when off)."""
-    if wire_dtype is None:
-        return expected
-    name = dtype_name(codec.WIRE_DTYPES[wire_dtype])
-    return {
-        layer: {n: replace(spec, dtype=name) if spec.dtype == "float32" else spec for n, spec in specs.items()}
-        for layer, specs in expected.items()
-    }

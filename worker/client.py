@@ -11,7 +11,7 @@ from typing import TypeVar
 import grpc
 import torch
 
-from common import codec, serde, wire
+from common import blobs, codec, serde, wire
 from common.chunking import BlobKey, Role, assemble_all, split
 from common.config import ClientTlsConfig, RunConfig
 from common.errors import Unavailable, from_rpc_error
@@ -115,8 +115,7 @@ class FederationClient:
             out: Pulled = {}
             chunks = (wire.decode_chunk(c) for c in stream)
             for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):
-                tensors, meta = codec.decode(blob)
-                tensors = codec.from_wire(tensors, meta)
+                tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
                 out.setdefault(key.layer, {})[key.role] = tensors
             return out
 

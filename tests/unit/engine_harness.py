@@ -9,7 +9,7 @@ import torch
 from common.config import CoordinatorConfig, RunConfig
 from common.schema import TensorSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task
-from coordinator.engine import RoundEngine
+from coordinator.engine import PushTicket, RoundEngine
 from coordinator.state import StateStore
 from coordinator.strategies.fedit import FedIT
 
@@ -53,8 +53,18 @@ class Harness:
         return self.engine.get_task(worker, 0)
 
     def push(self, worker: str, round: int, value: float, num_examples: int, upload_id: str | None = None) -> PushResult:
+        """The servicer's path: begin_push, then (unless it is a duplicate) commit the update."""
         header = PushHeader(worker, round, upload_id or f"{worker}-{round}", num_examples, {"loss": value})
-        return self.engine.commit_push(header, update(value), nbytes=100)
+        admitted = self.engine.begin_push(header)
+        if isinstance(admitted, PushResult):
+            return admitted
+        return self.engine.commit(admitted, update(value), nbytes=100)
+
+    def ticket(self, worker: str, round: int, upload_id: str, num_examples: int = 1) -> PushTicket:
+        """A begin_push that must admit the push."""
+        admitted = self.engine.begin_push(PushHeader(worker, round, upload_id, num_examples, {}))
+        assert isinstance(admitted, PushTicket), admitted
+        return admitted
 
     def global_adapter(self) -> dict[int, dict[str, list]]:
         strategy = self.engine.strategy

@@ -65,7 +65,7 @@ def test_evaluate_then_done(started: Harness) -> None:
     assert h.task("A") == Task(TaskKind.EVALUATE, 2, T0 + DEADLINE)
     assert h.task("B") == Task(TaskKind.EVALUATE, 2, T0 + DEADLINE)
     with pytest.raises(FailedPrecondition, match="evaluation pass"):
-        h.engine.expected_upload(PushHeader("A", 2, "u", 1))
+        h.engine.begin_push(PushHeader("A", 2, "u", 1))
     assert len(h.engine.downloads("A", 2)) == 2  # the final global adapter
 
     h.engine.report_metrics("A", 2, {"accuracy": 0.75})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,10 @@ from safetensors.torch import load_file
 
 from common.chunking import Role
 from common.config import CoordinatorConfig, RunConfig
-from common.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from common.schema import TensorSpec, UploadSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
-from coordinator.engine import RoundEngine
+from coordinator.engine import PushTicket, RoundEngine
 from coordinator.state import StateStore
 
 # -- joins and the first round ------------------------------------------------------------------
@@ -126,22 +128,147 @@ def test_join_rejects_empty_worker_id_and_schema(h: Harness) -> None:
 # -- pushes and round closing -------------------------------------------------------------------
 
 
-def test_expected_upload(started: Harness) -> None:
-    header = PushHeader("A", 1, "u", 10)
-    assert started.engine.expected_upload(header) == SCHEMA
-    with pytest.raises(InvalidArgument, match="num_examples must be positive"):
-        started.engine.expected_upload(PushHeader("A", 1, "u", 0))
+def test_begin_push_fixes_what_the_push_carries(started: Harness) -> None:
+    ticket = started.ticket("A", 1, "u", 10)
+    assert (ticket.worker_id, ticket.round, ticket.upload_id) == ("A", 1, "u")
+    assert ticket.spec == UploadSpec((0, 1)) and ticket.expected == SCHEMA
+    assert started.store.pushes(1) == {} and started.engine.current is not None and started.engine.current.pushed == {}
 
 
-def test_expected_upload_unknown_worker(started: Harness) -> None:
-    with pytest.raises(NotFound, match="unknown worker 'ghost'"):
-        started.engine.expected_upload(PushHeader("ghost", 1, "u", 10))
+def _nothing(h: Harness) -> None:
+    pass
 
 
-def test_expected_upload_non_participant(started: Harness) -> None:
-    started.join("C")
-    with pytest.raises(FailedPrecondition, match="worker C is not a participant of round 1"):
-        started.engine.expected_upload(PushHeader("C", 1, "u", 10))
+# case -> (what happens first, the header begin_push is given, the error, its words)
+BEGIN_REJECTS: dict[str, tuple[Callable[[Harness], object], PushHeader, type[Exception], str]] = {
+    "zero examples": (_nothing, PushHeader("A", 1, "u", 0), InvalidArgument, "num_examples must be positive"),
+    "unknown worker": (_nothing, PushHeader("ghost", 1, "u", 10), NotFound, "unknown worker 'ghost'"),
+    "future round": (
+        _nothing,
+        PushHeader("A", 2, "u", 10),
+        FailedPrecondition,
+        r"round 2 is not open \(current: 1, last closed: 0\)",
+    ),
+    "past round": (_nothing, PushHeader("A", 0, "u", 10), FailedPrecondition, "round 0 is not open"),
+    "non participant": (
+        lambda h: h.join("C"),
+        PushHeader("C", 1, "u", 10),
+        FailedPrecondition,
+        "C is not a participant of round 1",
+    ),
+    "evicted": (lambda h: h.engine.evict("A"), PushHeader("A", 1, "u", 10), PermissionDenied, "worker A was evicted"),
+    "pushed before": (
+        lambda h: h.push("A", 1, 1.0, 1, upload_id="first"),
+        PushHeader("A", 1, "second", 10),
+        FailedPrecondition,
+        r"worker A already pushed round 1 \(upload first\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEGIN_REJECTS))
+def test_begin_push_rejects_before_any_byte_is_read(started: Harness, case: str) -> None:
+    before, header, error, words = BEGIN_REJECTS[case]
+    before(started)
+    pushes = started.store.pushes(1)
+    with pytest.raises(error, match=words):
+        started.engine.begin_push(header)
+    assert started.store.pushes(1) == pushes
+
+
+def test_begin_push_acks_an_accepted_upload_id_as_a_duplicate(started: Harness) -> None:
+    h = started
+    h.push("A", 1, 1.0, 1, upload_id="up-A")
+    assert h.engine.begin_push(PushHeader("A", 1, "up-A", 1)) == PushResult(True, 1, 0, duplicate=True)
+    h.push("B", 1, 5.0, 3)
+    assert h.engine.last_closed == 1  # after the round closed, the state store remembers the upload id
+    assert h.engine.begin_push(PushHeader("A", 1, "up-A", 1)) == PushResult(True, 1, 0, duplicate=True)
+    with pytest.raises(FailedPrecondition, match="round 1 is not open"):
+        h.engine.begin_push(PushHeader("A", 1, "other", 1))
+
+
+# -- what commit re-checks: what changed while the bytes arrived ------------------------------------
+
+
+def test_commit_after_the_worker_was_evicted_is_refused(started: Harness) -> None:
+    h = started
+    ticket = h.ticket("A", 1, "a1")
+    h.engine.evict("A")
+    with pytest.raises(PermissionDenied, match="worker A was evicted"):
+        h.engine.commit(ticket, update(1.0), nbytes=100)
+    assert h.store.pushes(1) == {} and h.engine.workers["A"].rounds_done == 0
+
+
+def test_commit_after_the_round_closed_is_refused(started: Harness) -> None:
+    h = started
+    ticket = h.ticket("A", 1, "a1")
+    h.clock.advance(DEADLINE + 1)
+    h.engine.tick()  # round 1 closes on its deadline with no push, round 2 opens
+    assert h.engine.last_closed == 1
+    with pytest.raises(FailedPrecondition, match=r"round 1 closed while the push of worker A was being received \(current: 2"):
+        h.engine.commit(ticket, update(1.0), nbytes=100)
+    assert h.store.pushes(1) == {} and h.store.pushes(2) == {} and h.global_adapter() == {}
+
+
+def test_commit_after_the_last_round_closed_into_the_evaluation_pass_is_refused(started: Harness) -> None:
+    h = started
+    h.push("A", 1, 1.0, 1)
+    h.push("B", 1, 5.0, 3)
+    ticket = h.ticket("A", 2, "a2")
+    h.clock.advance(DEADLINE + 1)
+    h.engine.tick()  # round 2 (the last) closes: the evaluation pass is open, still numbered 2
+    assert h.engine.current is not None and h.engine.current.evaluating and h.engine.current.round == 2
+    with pytest.raises(FailedPrecondition, match="round 2 closed while the push of worker A"):
+        h.engine.commit(ticket, update(1.0), nbytes=100)
+    assert h.store.pushes(2) == {}
+
+
+def test_concurrent_retry_with_the_same_upload_id_is_a_duplicate(started: Harness) -> None:
+    h = started
+    first, retry = h.ticket("A", 1, "same"), h.ticket("A", 1, "same")  # both admitted before either commits
+    assert h.engine.commit(first, update(1.0), nbytes=100) == PushResult(True, 1, 2)
+    assert h.engine.commit(retry, update(1.0), nbytes=100) == PushResult(True, 1, 0, duplicate=True)
+    assert list(h.store.pushes(1)) == ["A"] and h.engine.workers["A"].rounds_done == 1
+    assert h.engine.begin_push(PushHeader("A", 1, "same", 1)) == PushResult(True, 1, 0, duplicate=True)
+    h.push("B", 1, 5.0, 3)  # round 1 closes
+    assert h.global_adapter() == as_lists(update(4.0))  # A counted once: (1 * 1 + 3 * 5) / 4 = 4
+
+
+def test_concurrent_push_with_another_upload_id_is_refused(started: Harness) -> None:
+    h = started
+    one, two = h.ticket("A", 1, "one"), h.ticket("A", 1, "two")
+    h.engine.commit(one, update(1.0), nbytes=100)
+    with pytest.raises(FailedPrecondition, match=r"worker A already pushed round 1 \(upload one\)"):
+        h.engine.commit(two, update(9.0), nbytes=100)
+    assert h.store.pushes(1)["A"]["upload_id"] == "one"
+
+
+def test_retry_committed_after_its_round_closed_is_a_duplicate(started: Harness) -> None:
+    h = started
+    first, retry = h.ticket("A", 1, "same"), h.ticket("A", 1, "same")
+    h.engine.commit(first, update(1.0), nbytes=100)
+    h.push("B", 1, 5.0, 3)
+    assert h.engine.last_closed == 1
+    assert h.engine.commit(retry, update(1.0), nbytes=100) == PushResult(True, 1, 0, duplicate=True)
+
+
+def test_commits_racing_on_threads_count_one_push(started: Harness) -> None:
+    h = started
+    tickets = [h.ticket("A", 1, "same") for _ in range(4)]
+    barrier = threading.Barrier(len(tickets))
+    results: list[PushResult] = []
+
+    def commit(ticket: PushTicket) -> None:
+        barrier.wait()
+        results.append(h.engine.commit(ticket, update(1.0), nbytes=100))
+
+    threads = [threading.Thread(target=commit, args=(t,)) for t in tickets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(r.duplicate for r in results) == [False, True, True, True]
+    assert list(h.store.pushes(1)) == ["A"] and h.engine.workers["A"].rounds_done == 1
 
 
 def test_commit_a_then_b_closes_round_and_opens_next(started: Harness) -> None:
@@ -214,7 +341,7 @@ def test_push_for_future_round(started: Harness) -> None:
     with pytest.raises(FailedPrecondition, match=r"round 2 is not open \(current: 1, last closed: 0\)"):
         h.push("A", 2, 1.0, 1)
     with pytest.raises(FailedPrecondition, match="round 2 is not open"):
-        h.engine.expected_upload(PushHeader("A", 2, "u", 1))
+        h.engine.begin_push(PushHeader("A", 2, "u", 1))
     assert h.store.pushes(2) == {}
     assert h.engine.current is not None and h.engine.current.pushed == {}
 

@@ -16,7 +16,7 @@ from common.config import CoordinatorConfig, FedTreeConfig, RobustConfig, RunCon
 from common.errors import InvalidArgument
 from common.schema import HEAD_LAYER, MAX_HEAD_LABELS, TensorSpec, UploadSpec, select, validate_head
 from common.types import JoinRequest, PushHeader
-from coordinator.engine import RoundEngine
+from coordinator.engine import PushTicket, RoundEngine
 from coordinator.heads import HeadSums
 from coordinator.state import StateStore
 from coordinator.strategies import create_strategy
@@ -224,8 +224,8 @@ def test_tree_strategies_group_heads_by_deepest_cluster_after_the_build(name: st
 def _receive(blobs: dict[int, dict[str, torch.Tensor]], expected: dict, wire: str | None = None) -> dict:
     r = UpdateReceiver(PushHeader("w", 1, "u", 1, {}), expected, 1 << 20, wire_dtype=wire)
     for layer, tensors in blobs.items():
-        sent, _ = codec.to_wire(tensors, wire)
-        for chunk in split(codec.encode(sent), BlobKey(1, layer, Role.UPDATE), 1024):
+        sent, meta = codec.to_wire(tensors, wire)
+        for chunk in split(codec.encode(sent, meta), BlobKey(1, layer, Role.UPDATE), 1024):
             r.feed(chunk)
     return r.finish()
 
@@ -253,6 +253,12 @@ def _engine(tmp_path: Path, store: StateStore | None = None) -> RoundEngine:
     return RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), store or StateStore(tmp_path))
 
 
+def _admit(engine: RoundEngine, header: PushHeader) -> PushTicket:
+    admitted = engine.begin_push(header)
+    assert isinstance(admitted, PushTicket), admitted
+    return admitted
+
+
 def _update(value: float, head: dict[str, torch.Tensor] | None) -> dict[int, dict[str, torch.Tensor]]:
     out = {layer: {A: torch.full((2, 4), value), B: torch.full((4, 2), value)} for layer in (0, 1)}
     if head is not None:
@@ -266,14 +272,14 @@ def test_engine_fixes_the_width_rejects_others_and_keeps_rows_across_a_restart(t
         engine.join(JoinRequest(w, "fp", 10, SCHEMA))
     task = engine.get_task("x", 0)
     assert task.upload is not None and task.upload.head
-    assert HEAD_LAYER in engine.expected_upload(PushHeader("x", 1, "u", 1, {}))
-    engine.commit_push(PushHeader("x", 1, "x1", 1, {}), _update(1.0, {"t/a": row(1, 1, 1)}), 10)
+    assert HEAD_LAYER in _admit(engine, PushHeader("x", 1, "u", 1, {})).expected
+    engine.commit(_admit(engine, PushHeader("x", 1, "x1", 1, {})), _update(1.0, {"t/a": row(1, 1, 1)}), 10)
     assert engine.head_width == 3 and engine.store.get("head_width") == 3
     with pytest.raises(InvalidArgument, match="head width 3"):
-        engine.commit_push(PushHeader("y", 1, "y1", 3, {}), _update(2.0, {"t/a": row(1, 1, 1, 1)}), 10)
+        engine.commit(_admit(engine, PushHeader("y", 1, "y1", 3, {})), _update(2.0, {"t/a": row(1, 1, 1, 1)}), 10)
     assert engine.store.pushes(1).keys() == {"x"} and engine.current is not None and "y" not in engine.current.pushed
     assert engine.strategy is not None and engine.strategy.heads.labels_of == {"x": ("t/a",)}
-    engine.commit_push(PushHeader("y", 1, "y2", 3, {}), _update(2.0, {"t/a": row(5, 5, 5)}), 10)
+    engine.commit(_admit(engine, PushHeader("y", 1, "y2", 3, {})), _update(2.0, {"t/a": row(5, 5, 5)}), 10)
     assert engine.last_closed == 1
     _, items = engine.downloads("x", 2)
     (head,) = [d for d in items if d.layer == HEAD_LAYER]

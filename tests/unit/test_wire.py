@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from common import serde, wire
 from common.chunking import BlobKey, ChunkData, Role
 from common.errors import InvalidArgument
+from common.types import PushHeader
 from proto.fedtree.v1 import federation_pb2 as pb
 
 chunks = st.builds(
@@ -90,9 +91,9 @@ def test_decode_push_request_reads_a_chunk(chunk: ChunkData) -> None:
 
 
 def test_decode_push_request_reads_a_header_and_never_raises() -> None:
-    header = pb.PushUpdateRequest(header=pb.PushHeader(worker_id="w", round=3, upload_id="u", num_examples=5))
-    part = wire.decode_push_request(header.SerializeToString())
-    assert part.chunk is None and part.header is not None and part.header.worker_id == "w"
+    header = PushHeader("w", 3, "u", 5, {"loss": 0.5})
+    part = wire.decode_push_request(serde.push_header_to_proto(header).SerializeToString())
+    assert part.chunk is None and part.problem is None and part.header == header  # a domain header, not protobuf
     bad_role = pb.PushUpdateRequest(chunk=pb.Chunk(round=1, role=42, data=b"x")).SerializeToString()  # type: ignore[arg-type]
     assert wire.decode_push_request(bad_role).problem == "unknown role value 42"
     assert "malformed" in (wire.decode_push_request(b"\x12\x05ab").problem or "")
