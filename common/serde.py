@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from common.admin_types import FilePiece, RoundView, StatusView, TreeView, WorkerView
 from common.chunking import BlobKey, ChunkData, Role
 from common.config import FedTreeConfig, GenerationConfig, LoraConfig, PrivacyConfig, RunConfig, TrainConfig
 from common.errors import InvalidArgument
 from common.schema import Schema, TensorSpec, UploadSpec
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
+from proto.fedtree.v1 import admin_pb2 as apb
 from proto.fedtree.v1 import federation_pb2 as pb
 
 _PERSONAL_INIT: float = FedTreeConfig.model_fields["personal_init"].default  # travels as 0
@@ -211,3 +215,85 @@ def push_result_to_proto(result: PushResult) -> pb.PushUpdateResponse:
 
 def push_result_from_proto(msg: pb.PushUpdateResponse) -> PushResult:
     return PushResult(msg.accepted, msg.round, msg.layers_received, msg.duplicate)
+
+
+# -- the Admin API: the operator's view (common/admin_types.py) -> fedtree.v1 Admin messages --------
+
+
+def tree_to_proto(view: TreeView) -> apb.GetTreeResponse:
+    return apb.GetTreeResponse(
+        strategy=view.strategy,
+        built=view.built,
+        built_round=view.built_round,
+        linkage=view.linkage,
+        leaves=list(view.leaves),
+        merges=[apb.Merge(left=m.left, right=m.right, distance=m.distance, size=m.size) for m in view.merges],
+        layers=[
+            apb.LayerCut(
+                layer=cut.layer,
+                cluster_count=cut.cluster_count,
+                clusters=[apb.Cluster(workers=list(group)) for group in cut.clusters],
+                lambdas=cut.lambdas,
+            )
+            for cut in view.layers
+        ],
+        rebuild_pending=view.rebuild_pending,
+    )
+
+
+def workers_to_proto(views: Sequence[WorkerView]) -> apb.ListWorkersResponse:
+    return apb.ListWorkersResponse(
+        workers=[
+            apb.WorkerInfo(
+                worker_id=w.worker_id,
+                address=w.address,
+                state=int(w.state),  # type: ignore[arg-type]
+                activity=w.activity,
+                last_heartbeat_unix=w.last_heartbeat_unix,
+                rounds_done=w.rounds_done,
+                bytes_sent=w.bytes_sent,
+                bytes_received=w.bytes_received,
+                last_metrics=w.last_metrics,
+                num_train_examples=w.num_train_examples,
+            )
+            for w in views
+        ]
+    )
+
+
+def status_to_proto(view: StatusView) -> apb.GetStatusResponse:
+    return apb.GetStatusResponse(
+        run_id=view.run_id,
+        strategy=view.strategy,
+        phase=int(view.phase),  # type: ignore[arg-type]
+        current_round=view.current_round,
+        last_closed_round=view.last_closed_round,
+        rounds=view.rounds,
+        quorum=view.quorum,
+        pushes=view.pushes,
+        deadline_unix=view.deadline_unix,
+        workers=view.workers,
+    )
+
+
+def rounds_to_proto(views: Sequence[RoundView]) -> apb.GetRoundsResponse:
+    return apb.GetRoundsResponse(
+        rounds=[
+            apb.RoundInfo(
+                round=r.round,
+                participants=list(r.participants),
+                started_unix=r.started_unix,
+                closed_unix=r.closed_unix,
+                duration_s=r.duration_s,
+                bytes=r.bytes,
+                pushes=r.pushes,
+                mean_metrics=r.mean_metrics,
+                accuracy=r.accuracy,
+            )
+            for r in views
+        ]
+    )
+
+
+def file_piece_to_proto(piece: FilePiece) -> apb.FileChunk:
+    return apb.FileChunk(path=piece.path, index=piece.index, total=piece.total, data=piece.data)

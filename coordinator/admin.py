@@ -1,7 +1,9 @@
-"""The operator's view of a running coordinator, as admin protobuf messages.
+"""The operator's view of a running coordinator, as domain dataclasses (common/admin_types.py).
 
-Pure reads and operator actions over the engine; the gRPC Admin servicer and the HTTP
-dashboard both call this, so the JSON of the dashboard equals MessageToJson of the RPCs.
+Pure reads of an engine snapshot (`RoundEngine.snapshot`, a consistent copy taken under the
+engine's lock) and operator actions over the engine. The gRPC Admin servicer and the HTTP
+dashboard both encode these views with common/serde.py, so the JSON of the dashboard equals
+MessageToJson of the RPCs.
 """
 
 from __future__ import annotations
@@ -9,14 +11,138 @@ from __future__ import annotations
 import statistics
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from coordinator.engine import RoundEngine
+from common.admin_types import (
+    FilePiece,
+    LayerCutView,
+    Phase,
+    RoundView,
+    StatusView,
+    TreeMerge,
+    TreeView,
+    WorkerState,
+    WorkerView,
+)
+from coordinator.engine import EngineSnapshot, RoundEngine
 from coordinator.export import lambdas_in, write_adapter
-from proto.fedtree.v1 import admin_pb2 as apb
 
 FILE_CHUNK = 1 << 20
-_STATES = {"lost": apb.WORKER_STATE_LOST, "evicted": apb.WORKER_STATE_EVICTED}
+_STATES = {"lost": WorkerState.LOST, "evicted": WorkerState.EVICTED}
+
+
+def tree_view(snap: EngineSnapshot) -> TreeView:
+    """The strategy's client tree with each worker's reported lambda per layer."""
+    tree = snap.tree
+    if tree is None or not tree.built:
+        return TreeView(strategy=snap.run.strategy)
+    lambdas = {info.worker_id: lambdas_in(info.last_metrics) for info in snap.workers}
+    layers = tuple(
+        LayerCutView(
+            layer=layer,
+            clusters=groups,
+            lambdas={worker: per_layer[layer] for worker, per_layer in lambdas.items() if layer in per_layer},
+        )
+        for layer, groups in enumerate(tree.clusters)
+    )
+    shape = tree.tree
+    return TreeView(
+        strategy=snap.run.strategy,
+        built=True,
+        built_round=tree.built_round,
+        linkage=shape.linkage if shape is not None else "",
+        leaves=tuple(shape.leaves) if shape is not None else (),
+        merges=tuple(TreeMerge(m.left, m.right, m.distance, m.size) for m in shape.merges) if shape is not None else (),
+        layers=layers,
+        rebuild_pending=tree.rebuild_pending,
+    )
+
+
+def worker_views(snap: EngineSnapshot) -> tuple[WorkerView, ...]:
+    """Every known worker; busy (training) = it owes the open round its push."""
+    cur = snap.current
+    out = []
+    for info in snap.workers:
+        state = _STATES.get(info.activity, WorkerState.IDLE)
+        if info.activity not in _STATES:
+            busy = cur is not None and info.worker_id in cur.participants and info.worker_id not in cur.pushed
+            state = WorkerState.TRAINING if busy else WorkerState.IDLE
+        out.append(
+            WorkerView(
+                worker_id=info.worker_id,
+                address=info.address,
+                state=state,
+                activity=info.activity,
+                last_heartbeat_unix=info.last_seen,
+                rounds_done=info.rounds_done,
+                bytes_sent=info.bytes_sent,
+                bytes_received=info.bytes_received,
+                last_metrics=dict(info.last_metrics),
+                num_train_examples=info.num_train_examples,
+            )
+        )
+    return tuple(out)
+
+
+def phase(snap: EngineSnapshot) -> Phase:
+    if snap.done:
+        return Phase.DONE
+    if snap.paused:
+        return Phase.PAUSED
+    cur = snap.current
+    if cur is None:
+        return Phase.WAITING
+    if cur.evaluating:
+        return Phase.EVALUATING
+    warmup = snap.run.fedtree.warmup_rounds if snap.tree is not None else 0
+    return Phase.WARMUP if cur.round <= warmup else Phase.TRAINING
+
+
+def status_view(snap: EngineSnapshot) -> StatusView:
+    base = StatusView(
+        run_id=snap.run_id,
+        strategy=snap.run.strategy,
+        phase=phase(snap),
+        last_closed_round=snap.last_closed,
+        rounds=snap.run.rounds,
+        workers=len(snap.workers),
+    )
+    cur = snap.current
+    if cur is None:
+        return base
+    quorum = len(cur.participants) if snap.run.quorum is None else min(snap.run.quorum, len(cur.participants))
+    return replace(base, current_round=cur.round, quorum=quorum, pushes=len(cur.pushed), deadline_unix=cur.deadline)
+
+
+def round_views(rounds: list[dict[str, Any]], evaluations: dict[int, dict[str, dict[str, float]]]) -> tuple[RoundView, ...]:
+    """Closed rounds (StateStore.rounds) with the evaluations reported after each (StateStore.evaluations)."""
+    out = []
+    for r in rounds:
+        per_worker = evaluations.get(r["round"], {})
+        names = sorted({k for m in per_worker.values() for k in m})
+        out.append(
+            RoundView(
+                round=r["round"],
+                participants=tuple(r["participants"]),
+                started_unix=r["started_at"],
+                closed_unix=r["closed_at"],
+                bytes=r["bytes"],
+                pushes=r["pushes"],
+                mean_metrics={name: statistics.fmean(m[name] for m in per_worker.values() if name in m) for name in names},
+                accuracy={worker: m["accuracy"] for worker, m in per_worker.items() if "accuracy" in m},
+            )
+        )
+    return tuple(out)
+
+
+def file_pieces(files: list[tuple[str, bytes]], piece_size: int = FILE_CHUNK) -> Iterator[FilePiece]:
+    """Files cut into pieces of at most `piece_size` bytes (an empty file is one empty piece)."""
+    for path, data in files:
+        total = max(1, -(-len(data) // piece_size))
+        for i in range(total):
+            yield FilePiece(path, i, total, data[i * piece_size : (i + 1) * piece_size])
 
 
 class AdminView:
@@ -24,125 +150,26 @@ class AdminView:
         self.engine = engine
 
     # -- reads -----------------------------------------------------------------------------
-    def tree(self) -> apb.GetTreeResponse:
-        engine = self.engine
-        with engine._cond:
-            strategy = engine.strategy
-            out = apb.GetTreeResponse(strategy=engine.run.strategy)
-            assignment = getattr(strategy, "assignment", None)
-            if not assignment:
-                return out
-            tree = getattr(strategy, "tree", None)
-            out.built, out.built_round = True, int(getattr(strategy, "built_round", 0))
-            out.rebuild_pending = getattr(strategy, "rebuild_round", None) is not None
-            if tree is not None:
-                out.linkage = tree.linkage
-                out.leaves.extend(tree.leaves)
-                out.merges.extend(apb.Merge(left=m.left, right=m.right, distance=m.distance, size=m.size) for m in tree.merges)
-            lambdas = self._lambdas()
-            for layer, groups in enumerate(strategy.clusters()):  # type: ignore[union-attr]
-                cut = apb.LayerCut(layer=layer, cluster_count=len(groups), clusters=[apb.Cluster(workers=g) for g in groups])
-                for worker, per_layer in lambdas.items():
-                    if layer in per_layer:
-                        cut.lambdas[worker] = per_layer[layer]
-                out.layers.append(cut)
-            return out
+    def tree(self) -> TreeView:
+        return tree_view(self.engine.snapshot())
 
-    def _lambdas(self) -> dict[str, dict[int, float]]:
-        return {w: lambdas_in(info.last_metrics) for w, info in self.engine.workers.items()}
+    def workers(self) -> tuple[WorkerView, ...]:
+        return worker_views(self.engine.snapshot())
 
-    def workers(self) -> apb.ListWorkersResponse:
-        engine = self.engine
-        with engine._cond:
-            cur = engine.current
-            out = apb.ListWorkersResponse()
-            for w, info in sorted(engine.workers.items()):
-                state = _STATES.get(info.activity, apb.WORKER_STATE_IDLE)
-                if info.activity not in ("lost", "evicted"):  # busy = owes the open round its push
-                    busy = cur is not None and w in cur.participants and w not in cur.pushed
-                    state = apb.WORKER_STATE_TRAINING if busy else apb.WORKER_STATE_IDLE
-                out.workers.append(
-                    apb.WorkerInfo(
-                        worker_id=w,
-                        address=info.address,
-                        state=state,
-                        activity=info.activity,
-                        last_heartbeat_unix=info.last_seen,
-                        rounds_done=info.rounds_done,
-                        bytes_sent=info.bytes_sent,
-                        bytes_received=info.bytes_received,
-                        last_metrics=info.last_metrics,
-                        num_train_examples=info.num_train_examples,
-                    )
-                )
-            return out
+    def status(self) -> StatusView:
+        return status_view(self.engine.snapshot())
 
-    def status(self) -> apb.GetStatusResponse:
-        engine = self.engine
-        with engine._cond:
-            cur = engine.current
-            out = apb.GetStatusResponse(
-                run_id=engine.run_id,
-                strategy=engine.run.strategy,
-                last_closed_round=engine.last_closed,
-                rounds=engine.run.rounds,
-                workers=len(engine.workers),
-            )
-            if cur is not None:
-                out.current_round, out.pushes, out.deadline_unix = cur.round, len(cur.pushed), cur.deadline
-                quorum = engine.run.quorum
-                out.quorum = len(cur.participants) if quorum is None else min(quorum, len(cur.participants))
-            out.phase = self._phase()
-            return out
-
-    def _phase(self) -> apb.Phase.ValueType:
-        engine = self.engine
-        if engine.done:
-            return apb.PHASE_DONE
-        if engine.paused:
-            return apb.PHASE_PAUSED
-        cur = engine.current
-        if cur is None:
-            return apb.PHASE_WAITING
-        if cur.evaluating:
-            return apb.PHASE_EVALUATING
-        warmup = engine.run.fedtree.warmup_rounds if hasattr(engine.strategy, "assignment") else 0
-        return apb.PHASE_WARMUP if cur.round <= warmup else apb.PHASE_TRAINING
-
-    def rounds(self) -> apb.GetRoundsResponse:
+    def rounds(self) -> tuple[RoundView, ...]:
         store = self.engine.store
-        evals = store.evaluations()
-        out = apb.GetRoundsResponse()
-        for r in store.rounds():
-            info = apb.RoundInfo(
-                round=r["round"],
-                participants=r["participants"],
-                started_unix=r["started_at"],
-                closed_unix=r["closed_at"],
-                duration_s=r["closed_at"] - r["started_at"],
-                bytes=r["bytes"],
-                pushes=r["pushes"],
-            )
-            per_worker = evals.get(r["round"], {})
-            names = sorted({k for m in per_worker.values() for k in m})
-            for name in names:
-                values = [m[name] for m in per_worker.values() if name in m]
-                info.mean_metrics[name] = statistics.fmean(values)
-            for worker, metrics in per_worker.items():
-                if "accuracy" in metrics:
-                    info.accuracy[worker] = metrics["accuracy"]
-            out.rounds.append(info)
-        return out
+        return round_views(store.rounds(), store.evaluations())
 
-    def export(self, worker_id: str) -> Iterator[apb.FileChunk]:
-        with tempfile.TemporaryDirectory(prefix="fedtree-export-") as tmp, self.engine._cond:
+    def export(self, worker_id: str) -> Iterator[FilePiece]:
+        """The worker's personalised adapter as PEFT files (written from copies of the engine's tensors)."""
+        with tempfile.TemporaryDirectory(prefix="fedtree-export-") as tmp:
             write_adapter(self.engine, worker_id, Path(tmp))
             files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
             blobs = [(p.relative_to(tmp).as_posix(), p.read_bytes()) for p in files]
-        for path, data in blobs:
-            total = max(1, -(-len(data) // FILE_CHUNK))
-            for i in range(total):
-                yield apb.FileChunk(path=path, index=i, total=total, data=data[i * FILE_CHUNK : (i + 1) * FILE_CHUNK])
+        yield from file_pieces(blobs)
 
     # -- actions ---------------------------------------------------------------------------
     def evict(self, worker_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Thin gRPC servicer of fedtree.v1.Admin over coordinator.admin.AdminView."""
+"""Thin gRPC servicer of fedtree.v1.Admin over coordinator.admin.AdminView (encoded by common.serde)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from common import serde
 from coordinator.admin import AdminView
 from coordinator.servicer import rpc
 from proto.fedtree.v1 import admin_pb2 as apb
@@ -18,23 +19,24 @@ class AdminServicer(apb_grpc.AdminServicer):
 
     @rpc
     def GetTree(self, request: apb.GetTreeRequest, context: grpc.ServicerContext) -> apb.GetTreeResponse:
-        return self.view.tree()
+        return serde.tree_to_proto(self.view.tree())
 
     @rpc
     def ListWorkers(self, request: apb.ListWorkersRequest, context: grpc.ServicerContext) -> apb.ListWorkersResponse:
-        return self.view.workers()
+        return serde.workers_to_proto(self.view.workers())
 
     @rpc
     def GetStatus(self, request: apb.GetStatusRequest, context: grpc.ServicerContext) -> apb.GetStatusResponse:
-        return self.view.status()
+        return serde.status_to_proto(self.view.status())
 
     @rpc
     def GetRounds(self, request: apb.GetRoundsRequest, context: grpc.ServicerContext) -> apb.GetRoundsResponse:
-        return self.view.rounds()
+        return serde.rounds_to_proto(self.view.rounds())
 
     @rpc
     def ExportAdapter(self, request: apb.ExportAdapterRequest, context: grpc.ServicerContext) -> Iterator[apb.FileChunk]:
-        yield from self.view.export(request.worker_id)
+        for piece in self.view.export(request.worker_id):
+            yield serde.file_piece_to_proto(piece)
 
     @rpc
     def EvictWorker(self, request: apb.EvictWorkerRequest, context: grpc.ServicerContext) -> apb.EvictWorkerResponse:

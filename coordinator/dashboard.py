@@ -2,7 +2,8 @@
 
 `GET /` is a single static page (vanilla JS + inline SVG, no external assets) that polls the
 JSON endpoints. `/api/{tree,workers,status,rounds}` are exactly `MessageToJson` of the admin
-messages (so they mirror the gRPC Admin API field for field); `/metrics` is Prometheus text.
+messages, encoded by common/serde.py as the gRPC Admin API encodes them (so they mirror it field
+for field); `/metrics` is Prometheus text.
 """
 
 from __future__ import annotations
@@ -24,16 +25,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from common import serde
+from common.admin_types import WorkerState
 from coordinator.admin import AdminView
 from coordinator.metrics import PUSH_LATENCY, PushLatency
-from proto.fedtree.v1 import admin_pb2 as apb
 
 log = logging.getLogger(__name__)
 PAGE = "static/dashboard.html"
-
-
-def _state_name(value: apb.WorkerState.ValueType) -> str:
-    return apb.WorkerState.Name(value).removeprefix("WORKER_STATE_").lower()
 
 
 class FedtreeCollector(Collector):
@@ -45,8 +43,8 @@ class FedtreeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self.view.status()
-        workers = self.view.workers().workers
-        rounds = self.view.rounds().rounds
+        workers = self.view.workers()
+        rounds = self.view.rounds()
 
         yield CounterMetricFamily("fedtree_rounds_closed", "Federated rounds closed so far.", value=status.last_closed_round)
         current = GaugeMetricFamily("fedtree_current_round", "The open round, or the last closed one when no round is open.")
@@ -62,9 +60,9 @@ class FedtreeCollector(Collector):
         )
 
         by_state = GaugeMetricFamily("fedtree_workers", "Known workers by state.", labels=["state"])
-        counts = {_state_name(v): 0 for v in apb.WorkerState.values() if v != apb.WORKER_STATE_UNSPECIFIED}
+        counts = {state.name.lower(): 0 for state in WorkerState}
         for w in workers:
-            counts[_state_name(w.state)] = counts.get(_state_name(w.state), 0) + 1
+            counts[w.state.name.lower()] += 1
         for state, n in sorted(counts.items()):
             by_state.add_metric([state], n)
         yield by_state
@@ -131,10 +129,10 @@ def create_app(view: AdminView, push_latency: PushLatency = PUSH_LATENCY) -> Sta
         Route("/", index),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
-        Route("/api/tree", api(view.tree)),
-        Route("/api/workers", api(view.workers)),
-        Route("/api/status", api(view.status)),
-        Route("/api/rounds", api(view.rounds)),
+        Route("/api/tree", api(lambda: serde.tree_to_proto(view.tree()))),
+        Route("/api/workers", api(lambda: serde.workers_to_proto(view.workers()))),
+        Route("/api/status", api(lambda: serde.status_to_proto(view.status()))),
+        Route("/api/rounds", api(lambda: serde.rounds_to_proto(view.rounds()))),
     ]
     # Sync endpoints run in Starlette's thread pool, so a slow engine lock never blocks the loop.
     return Starlette(routes=routes)

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -33,6 +33,8 @@ from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from coordinator.state import StateStore
 from coordinator.strategies import Download, Strategy, create_strategy
 from coordinator.strategies.base import LayerTensors
+from coordinator.strategies.fedtree import FedTree
+from coordinator.tree import ClientTree
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,47 @@ class PushTicket:
     @property
     def upload_id(self) -> str:
         return self.header.upload_id
+
+
+@dataclass(frozen=True)
+class StrategyTree:
+    """The client tree of a clustering strategy (fedtree, flat, indep) as of a snapshot."""
+
+    built: bool  # False during warmup, before the tree is built
+    built_round: int = 0
+    rebuild_pending: bool = False  # an operator asked for a rebuild
+    tree: ClientTree | None = None  # immutable: shared, not copied
+    clusters: tuple[tuple[tuple[str, ...], ...], ...] = ()  # per layer (shallow to deep): groups of worker ids
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """A consistent copy of the engine's state, taken under its lock (`RoundEngine.snapshot`)."""
+
+    run_id: str
+    run: RunConfig
+    last_closed: int
+    done: bool
+    paused: bool
+    workers: tuple[WorkerInfo, ...]  # copies, in worker id order
+    current: RoundInfo | None  # a copy of the open round
+    tree: StrategyTree | None  # None: the strategy builds no client tree (or no worker has joined yet)
+
+
+def strategy_tree(strategy: Strategy | None) -> StrategyTree | None:
+    """The strategy's client tree for a snapshot; called under the engine's lock. The one place
+    that reads a strategy's tree (to become an explicit strategy method)."""
+    if not isinstance(strategy, FedTree):
+        return None
+    if not strategy.assignment:
+        return StrategyTree(built=False)
+    return StrategyTree(
+        built=True,
+        built_round=strategy.built_round,
+        rebuild_pending=strategy.rebuild_round is not None,
+        tree=strategy.tree,
+        clusters=tuple(tuple(tuple(group) for group in groups) for groups in strategy.clusters()),
+    )
 
 
 class RoundEngine:
@@ -409,6 +452,33 @@ class RoundEngine:
         if worker_id not in cur.participants:
             raise FailedPrecondition(f"worker {worker_id} is not a participant of round {round}")
         return cur
+
+    # -- reads for the operator ----------------------------------------------------------------
+    def snapshot(self) -> EngineSnapshot:
+        """A consistent copy of the workers, the open round and the strategy's tree (under the lock)."""
+        with self._cond:
+            cur = self.current
+            return EngineSnapshot(
+                run_id=self.run_id,
+                run=self.run,
+                last_closed=self.last_closed,
+                done=self.done,
+                paused=self.paused,
+                workers=tuple(replace(info, last_metrics=dict(info.last_metrics)) for _, info in sorted(self.workers.items())),
+                current=None if cur is None else replace(cur, participants=dict(cur.participants), pushed=dict(cur.pushed)),
+                tree=strategy_tree(self.strategy),
+            )
+
+    def next_downloads(self, worker_id: str) -> list[Download]:
+        """What `worker_id` pulls in the round after the last closed one (its adapter as the
+        coordinator knows it), copied under the lock: nothing of the strategy is shared."""
+        with self._cond:
+            if self.strategy is None:
+                raise FailedPrecondition("no worker has joined this run yet")
+            if worker_id not in self.workers:
+                raise NotFound(f"unknown worker '{worker_id}'")
+            items = self.strategy.downloads(worker_id, self.last_closed + 1)
+            return [replace(d, tensors={name: t.clone() for name, t in d.tensors.items()}) for d in items]
 
     # -- operator actions ----------------------------------------------------------------------
     def evict(self, worker_id: str) -> None:

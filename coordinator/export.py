@@ -34,7 +34,7 @@ def worker_layers(engine: RoundEngine, worker_id: str) -> tuple[dict[int, Tensor
             "export from the worker (`python -m worker export --output-dir DIR`)"
         )
     pulled: dict[int, dict[Role, Tensors]] = {}
-    for item in engine.strategy.downloads(worker_id, engine.last_closed + 1):
+    for item in engine.next_downloads(worker_id):  # copies, read under the engine's lock
         pulled.setdefault(item.layer, {})[item.role] = item.tensors
     if not pulled:
         raise FailedPrecondition(f"strategy '{engine.run.strategy}' keeps no adapter for {worker_id} on the coordinator")

@@ -129,6 +129,27 @@ def test_json_api_and_metrics(finished_run: tuple[Coordinator, str]) -> None:
     assert samples[("fedtree_push_seconds_sum", ())] > 0
 
 
+def test_json_api_is_message_to_json_of_the_admin_rpcs(finished_run: tuple[Coordinator, str]) -> None:
+    import grpc
+    from google.protobuf.json_format import MessageToJson
+
+    from coordinator.auth import bearer
+    from proto.fedtree.v1 import admin_pb2 as apb
+    from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
+
+    coord, base = finished_run
+    with grpc.insecure_channel(f"127.0.0.1:{coord.port}") as channel:
+        stub, md = apb_grpc.AdminStub(channel), bearer("adm")
+        calls = {
+            "/api/tree": lambda: stub.GetTree(apb.GetTreeRequest(), metadata=md, timeout=10),
+            "/api/workers": lambda: stub.ListWorkers(apb.ListWorkersRequest(), metadata=md, timeout=10),
+            "/api/status": lambda: stub.GetStatus(apb.GetStatusRequest(), metadata=md, timeout=10),
+            "/api/rounds": lambda: stub.GetRounds(apb.GetRoundsRequest(), metadata=md, timeout=10),
+        }
+        for path, call in calls.items():
+            assert _json(base, path) == json.loads(MessageToJson(call())), path
+
+
 @pytest.mark.browser
 def test_page_renders_in_chromium(finished_run: tuple[Coordinator, str]) -> None:
     if not CHROMIUM.exists():
