@@ -29,18 +29,18 @@ class AdminView:
         with engine._cond:
             strategy = engine.strategy
             out = apb.GetTreeResponse(strategy=engine.run.strategy)
-            assignment = getattr(strategy, "assignment", None)
-            if not assignment:
+            view = strategy.tree_view() if strategy is not None else None
+            if view is None or not view.built:
                 return out
-            tree = getattr(strategy, "tree", None)
-            out.built, out.built_round = True, int(getattr(strategy, "built_round", 0))
-            out.rebuild_pending = getattr(strategy, "rebuild_round", None) is not None
+            tree = view.tree
+            out.built, out.built_round = True, view.built_round
+            out.rebuild_pending = view.rebuild_pending
             if tree is not None:
                 out.linkage = tree.linkage
                 out.leaves.extend(tree.leaves)
                 out.merges.extend(apb.Merge(left=m.left, right=m.right, distance=m.distance, size=m.size) for m in tree.merges)
             lambdas = self._lambdas()
-            for layer, groups in enumerate(strategy.clusters()):  # type: ignore[union-attr]
+            for layer, groups in enumerate(view.clusters):
                 cut = apb.LayerCut(layer=layer, cluster_count=len(groups), clusters=[apb.Cluster(workers=g) for g in groups])
                 for worker, per_layer in lambdas.items():
                     if layer in per_layer:
@@ -106,7 +106,8 @@ class AdminView:
             return apb.PHASE_WAITING
         if cur.evaluating:
             return apb.PHASE_EVALUATING
-        warmup = engine.run.fedtree.warmup_rounds if hasattr(engine.strategy, "assignment") else 0
+        view = engine.strategy.tree_view() if engine.strategy is not None else None
+        warmup = view.warmup_rounds if view is not None else 0
         return apb.PHASE_WARMUP if cur.round <= warmup else apb.PHASE_TRAINING
 
     def rounds(self) -> apb.GetRoundsResponse:

@@ -387,11 +387,10 @@ class RoundEngine:
     def request_rebuild(self) -> int:
         """Rebuild the client tree from the uploads of the next round to open; returns that round."""
         with self._cond:
-            rebuild = getattr(self.strategy, "request_rebuild", None)
-            if rebuild is None:
-                raise FailedPrecondition(f"strategy '{self.run.strategy}' has no client tree to rebuild")
+            if self.strategy is None:
+                raise FailedPrecondition("no worker has joined this run yet: there is no client tree to rebuild")
             round = self.current.round + 1 if self.current is not None else self.last_closed + 1
-            rebuild(round)
+            self.strategy.request_rebuild(round)
             log.warning("[Engine] tree rebuild requested for round %d", round)
             return int(round)
 
