@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
+from safetensors.torch import save_file
 
 from common.config import LoraConfig
 from common.schema import is_lora_a
@@ -41,3 +43,21 @@ def concat_weighted(experts: Sequence[tuple[dict[str, torch.Tensor], float]]) ->
         else torch.cat([w * named[name] for named, w in experts], dim=1)
         for name in experts[0][0]
     }
+
+
+def save_lora_dir(
+    layers: dict[int, dict[str, torch.Tensor]],
+    lora: LoraConfig,
+    prefix: str,
+    out_dir: Path,
+    rank_multiplier: int = 1,
+    **extra: Any,
+) -> Path:
+    """A LoRA (layer -> name -> tensor) as a PEFT adapter directory, without building a model:
+    `adapter_config.json` plus `adapter_model.safetensors` keyed `<prefix><layer>.<name>` (peft's
+    saved keys; `prefix` is LoraModel.prefix, e.g. `base_model.model.bert.encoder.layer.`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_config(lora, rank_multiplier, **extra).save_pretrained(str(out_dir))
+    tensors = {f"{prefix}{layer}.{name}": t.contiguous() for layer, named in layers.items() for name, t in named.items()}
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out_dir

@@ -1,7 +1,8 @@
 """The operator's view of a running coordinator, as domain dataclasses (common/admin_types.py).
 
 Pure reads of an engine snapshot (`RoundEngine.snapshot`, a consistent copy taken under the
-engine's lock) and operator actions over the engine. The gRPC Admin servicer and the HTTP
+engine's lock, the strategy's client tree as its `tree_view()`) and operator actions over the
+engine. The gRPC Admin servicer and the HTTP
 dashboard both encode these views with common/serde.py, so the JSON of the dashboard equals
 MessageToJson of the RPCs.
 """
@@ -34,7 +35,7 @@ _STATES = {"lost": WorkerState.LOST, "evicted": WorkerState.EVICTED}
 
 
 def tree_view(snap: EngineSnapshot) -> TreeView:
-    """The strategy's client tree with each worker's reported lambda per layer."""
+    """The strategy's client tree (its `tree_view()`) with each worker's reported lambda per layer."""
     tree = snap.tree
     if tree is None or not tree.built:
         return TreeView(strategy=snap.run.strategy)
@@ -42,7 +43,7 @@ def tree_view(snap: EngineSnapshot) -> TreeView:
     layers = tuple(
         LayerCutView(
             layer=layer,
-            clusters=groups,
+            clusters=tuple(tuple(group) for group in groups),
             lambdas={worker: per_layer[layer] for worker, per_layer in lambdas.items() if layer in per_layer},
         )
         for layer, groups in enumerate(tree.clusters)
@@ -96,7 +97,7 @@ def phase(snap: EngineSnapshot) -> Phase:
         return Phase.WAITING
     if cur.evaluating:
         return Phase.EVALUATING
-    warmup = snap.run.fedtree.warmup_rounds if snap.tree is not None else 0
+    warmup = snap.tree.warmup_rounds if snap.tree is not None else 0
     return Phase.WARMUP if cur.round <= warmup else Phase.TRAINING
 
 

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from common.config import CoordinatorConfig, RunConfig
@@ -32,9 +32,7 @@ from common.schema import HEAD_LAYER, Schema, UploadSpec, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from coordinator.state import StateStore
 from coordinator.strategies import Download, Strategy, create_strategy
-from coordinator.strategies.base import LayerTensors
-from coordinator.strategies.fedtree import FedTree
-from coordinator.tree import ClientTree
+from coordinator.strategies.base import LayerTensors, PersonalAdapter, TreeView
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +83,6 @@ class PushTicket:
 
 
 @dataclass(frozen=True)
-class StrategyTree:
-    """The client tree of a clustering strategy (fedtree, flat, indep) as of a snapshot."""
-
-    built: bool  # False during warmup, before the tree is built
-    built_round: int = 0
-    rebuild_pending: bool = False  # an operator asked for a rebuild
-    tree: ClientTree | None = None  # immutable: shared, not copied
-    clusters: tuple[tuple[tuple[str, ...], ...], ...] = ()  # per layer (shallow to deep): groups of worker ids
-
-
-@dataclass(frozen=True)
 class EngineSnapshot:
     """A consistent copy of the engine's state, taken under its lock (`RoundEngine.snapshot`)."""
 
@@ -106,23 +93,7 @@ class EngineSnapshot:
     paused: bool
     workers: tuple[WorkerInfo, ...]  # copies, in worker id order
     current: RoundInfo | None  # a copy of the open round
-    tree: StrategyTree | None  # None: the strategy builds no client tree (or no worker has joined yet)
-
-
-def strategy_tree(strategy: Strategy | None) -> StrategyTree | None:
-    """The strategy's client tree for a snapshot; called under the engine's lock. The one place
-    that reads a strategy's tree (to become an explicit strategy method)."""
-    if not isinstance(strategy, FedTree):
-        return None
-    if not strategy.assignment:
-        return StrategyTree(built=False)
-    return StrategyTree(
-        built=True,
-        built_round=strategy.built_round,
-        rebuild_pending=strategy.rebuild_round is not None,
-        tree=strategy.tree,
-        clusters=tuple(tuple(tuple(group) for group in groups) for groups in strategy.clusters()),
-    )
+    tree: TreeView | None  # the strategy's `tree_view()`; None: it builds no client tree (or no worker joined yet)
 
 
 class RoundEngine:
@@ -466,19 +437,21 @@ class RoundEngine:
                 paused=self.paused,
                 workers=tuple(replace(info, last_metrics=dict(info.last_metrics)) for _, info in sorted(self.workers.items())),
                 current=None if cur is None else replace(cur, participants=dict(cur.participants), pushed=dict(cur.pushed)),
-                tree=strategy_tree(self.strategy),
+                tree=self.strategy.tree_view() if self.strategy is not None else None,
             )
 
-    def next_downloads(self, worker_id: str) -> list[Download]:
-        """What `worker_id` pulls in the round after the last closed one (its adapter as the
-        coordinator knows it), copied under the lock: nothing of the strategy is shared."""
+    def personalised(self, worker_id: str, metrics: Mapping[str, float]) -> PersonalAdapter:
+        """The adapter `worker_id` uses after the last closed round, as far as the coordinator can
+        reproduce it (`Strategy.personalised`, given the metrics of its latest push), computed
+        under the lock and copied: nothing of the strategy is shared with the caller."""
         with self._cond:
             if self.strategy is None:
                 raise FailedPrecondition("no worker has joined this run yet")
             if worker_id not in self.workers:
                 raise NotFound(f"unknown worker '{worker_id}'")
-            items = self.strategy.downloads(worker_id, self.last_closed + 1)
-            return [replace(d, tensors={name: t.clone() for name, t in d.tensors.items()}) for d in items]
+            adapter = self.strategy.personalised(worker_id, self.last_closed + 1, metrics)
+            layers = {layer: {name: t.clone() for name, t in named.items()} for layer, named in adapter.layers.items()}
+            return replace(adapter, layers=layers)
 
     # -- operator actions ----------------------------------------------------------------------
     def evict(self, worker_id: str) -> None:
@@ -507,11 +480,10 @@ class RoundEngine:
     def request_rebuild(self) -> int:
         """Rebuild the client tree from the uploads of the next round to open; returns that round."""
         with self._cond:
-            rebuild = getattr(self.strategy, "request_rebuild", None)
-            if rebuild is None:
-                raise FailedPrecondition(f"strategy '{self.run.strategy}' has no client tree to rebuild")
+            if self.strategy is None:
+                raise FailedPrecondition("no worker has joined this run yet: there is no client tree to rebuild")
             round = self.current.round + 1 if self.current is not None else self.last_closed + 1
-            rebuild(round)
+            self.strategy.request_rebuild(round)
             log.warning("[Engine] tree rebuild requested for round %d", round)
             return int(round)
 

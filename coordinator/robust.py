@@ -107,3 +107,11 @@ class RobustBuffer:
             reduced = reduce_group(updates, weights, self.cfg)
             sink(layer, group, {n: t.to(self._dtypes[n]) for n, t in reduced.items()}, sum(weights))
         self._held.clear()
+
+    def reduce(self, updates: list[Tensors], weights: list[float]) -> Tensors:
+        """One group's aggregate at once, for groups a strategy only forms when it hands them out
+        (FedALT's rest of world: everyone but the worker pulling): ``cfg.method`` in float32,
+        cast back to the first update's dtypes."""
+        dtypes = {name: t.dtype for name, t in updates[0].items()}
+        kept = [{name: t.detach().to(torch.float32) for name, t in u.items()} for u in updates]
+        return {n: t.to(dtypes[n]) for n, t in reduce_group(kept, weights, self.cfg).items()}

@@ -36,7 +36,7 @@ def export_main(argv: list[str]) -> int:
         return EXIT_CONFIG
     out = export_adapter(
         state.lm,
-        state.mixed,
+        state.strategy,
         state.model_path,
         len(state.labels),
         state.run.lora,

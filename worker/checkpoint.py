@@ -1,8 +1,10 @@
 """The worker's local checkpoint: everything that makes its personalised model, on its own disk.
 
-Saved after every round (atomically): its own / cluster-expert LoRA, the external expert and
-theta (FedTreeLoRA; with `fedtree.personal` the personal expert and phi instead of theta), its local head, and the facts needed to rebuild the model (run spec, labels,
-base model path). `python -m worker export` rebuilds the model from it and writes a PEFT adapter.
+Saved after every round (atomically): its own LoRA (`own/<layer>/<name>`), its local head
+(`head/<name>`), what its strategy keeps besides them (`WorkerStrategy.state`: e.g. FedTreeLoRA's
+external expert and theta, FedALT's rest of world and mixers; see worker/strategies/), and the
+facts needed to rebuild the model (run spec, labels, base model path).
+`python -m worker export` rebuilds the model from it and writes a PEFT adapter.
 """
 
 from __future__ import annotations
@@ -18,17 +20,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from common.config import FedTreeConfig, RunConfig
-from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model
-from worker.personal import PersonalExperts, mixed_experts
+from worker.strategies import WorkerStrategy, create_worker_strategy
 
 FILE = "worker-state.safetensors"
+_OWN_KEYS = ("own", "head")  # the checkpoint's own prefixes; a strategy's state uses others
 
 
 @dataclass
 class Restored:
     lm: LoraModel
-    mixed: MixedExperts | None
+    strategy: WorkerStrategy
     run: RunConfig
     labels: list[str]
     model_path: Path
@@ -38,7 +40,7 @@ class Restored:
 def save_checkpoint(
     out_dir: Path,
     lm: LoraModel,
-    mixed: MixedExperts | None,
+    strategy: WorkerStrategy,
     run: RunConfig,
     labels: list[str],
     model_path: Path,
@@ -48,14 +50,11 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     for layer, named in lm.layers().items():
         tensors.update({f"own/{layer}/{n}": t for n, t in named.items()})
-    if mixed is not None:
-        for layer, named in mixed.external_layers().items():
-            tensors.update({f"external/{layer}/{n}": t for n, t in named.items()})
-        tensors.update({f"theta/{layer}": t.detach().clone().reshape(1) for layer, t in mixed.theta.items()})
-    if isinstance(mixed, PersonalExperts):
-        for layer, named in mixed.personal_layers().items():
-            tensors.update({f"personal/{layer}/{n}": t for n, t in named.items()})
-        tensors.update({f"phi/{layer}": t.detach().clone() for layer, t in mixed.phi.items()})
+    extra, extra_meta = strategy.state()
+    clash = sorted(k for k in extra if k.split("/", 1)[0] in _OWN_KEYS)
+    if clash:
+        raise ValueError(f"strategy '{run.strategy}' state uses the checkpoint's own keys {clash[:3]}")
+    tensors.update(extra)
     tensors.update({f"head/{n}": t for n, t in lm.head_state().items()})
     meta = {
         "run": _run_meta(run),
@@ -63,8 +62,7 @@ def save_checkpoint(
         "label_keys": label_keys if label_keys is not None else labels,
         "model_path": str(model_path),
         "round": round,
-        "mixed": mixed is not None,
-        "pinned": sorted(mixed.pinned) if mixed else [],
+        **extra_meta,
     }
     path = out_dir / FILE
     tmp = path.with_name(FILE + ".tmp")
@@ -103,30 +101,26 @@ def load_checkpoint(out_dir: Path) -> Restored:
     model_path = Path(meta["model_path"])
     keys = meta.get("label_keys") or meta["labels"]
     lm = build_model(model_path, keys, run.lora, run.seed, run.train.train_head, run.task)
-    return Restored(lm, _restore(lm, tensors, meta), run, list(meta["labels"]), model_path, int(meta["round"]))
+    strategy = create_worker_strategy(run)
+    strategy.prepare(lm)
+    _restore(lm, strategy, tensors, meta)
+    return Restored(lm, strategy, run, list(meta["labels"]), model_path, int(meta["round"]))
 
 
-def resume(lm: LoraModel, out_dir: Path, run: RunConfig) -> tuple[MixedExperts | None, int] | None:
-    """Restore a restarted worker's own state (adapter, head, theta) if it belongs to this run."""
+def resume(lm: LoraModel, strategy: WorkerStrategy, out_dir: Path, run: RunConfig) -> int | None:
+    """Restore a restarted worker's own state (adapter, head, its strategy's local state) if it
+    belongs to this run; returns the round it was saved after (None: nothing restored).
+    `strategy` is the run's, prepared on `lm`."""
     if not (out_dir / FILE).exists():
         return None
     tensors, meta = _read(out_dir)
     if RunConfig.model_validate(meta["run"]) != run:
         return None
-    return _restore(lm, tensors, meta), int(meta["round"])
+    _restore(lm, strategy, tensors, meta)
+    return int(meta["round"])
 
 
-def _restore(lm: LoraModel, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> MixedExperts | None:
-    _restore_own(lm, tensors)
-    if not meta["mixed"]:
-        return None
-    run = RunConfig.model_validate(meta["run"])
-    mixed = mixed_experts(lm, run.lora, run.fedtree)
-    _restore_mixed(mixed, tensors, meta)
-    return mixed
-
-
-def _restore_own(lm: LoraModel, tensors: dict[str, torch.Tensor]) -> None:
+def _restore(lm: LoraModel, strategy: WorkerStrategy, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     own: dict[int, dict[str, torch.Tensor]] = {}
     head: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
@@ -141,25 +135,4 @@ def _restore_own(lm: LoraModel, tensors: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, tensor in head.items():
             params[name].copy_(tensor)
-
-
-def _restore_mixed(mixed: MixedExperts, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    personal: dict[int, dict[str, torch.Tensor]] = {}
-    with torch.no_grad():
-        for key, tensor in tensors.items():
-            kind, rest = key.split("/", 1)
-            if kind == "external":
-                layer, name = rest.split("/", 1)
-                mixed.external[int(layer)][name].copy_(tensor)
-            elif kind == "theta":
-                mixed.theta[rest].copy_(tensor.reshape(()))
-            elif kind == "personal":
-                layer, name = rest.split("/", 1)
-                personal.setdefault(int(layer), {})[name] = tensor
-            elif kind == "phi" and isinstance(mixed, PersonalExperts):
-                mixed.phi[rest].copy_(tensor)
-    if isinstance(mixed, PersonalExperts):
-        if not personal:
-            raise ValueError("the checkpoint of a fedtree.personal run holds no personal expert")
-        mixed.load_personal(personal)
-    mixed.pinned = set(int(x) for x in meta["pinned"])
+    strategy.restore({k: t for k, t in tensors.items() if k.split("/", 1)[0] not in _OWN_KEYS}, meta)

@@ -15,18 +15,16 @@ import torch
 from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
 from common.errors import ConfigError, FailedPrecondition, FedtreeError, InvalidArgument
-from common.schema import HEAD_LAYER, UploadSpec, is_lora_a, schema_of, validate_head, validate_layer
+from common.schema import HEAD_LAYER, UploadSpec, schema_of, validate_head, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from worker.causal import evaluate_causal, train_causal
 from worker.checkpoint import resume, save_checkpoint
 from worker.client import FederationClient, Pulled
 from worker.export import export_adapter
-from worker.fedalt import RestOfWorldMixer
 from worker.local_data import LocalData, PromptData, load_any_data
-from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model, default_model_path, head_rows, head_width, load_head_rows
-from worker.personal import mixed_experts
 from worker.privacy import privatise
+from worker.strategies import WorkerStrategy, create_worker_strategy
 from worker.train import evaluate, train_local
 
 log = logging.getLogger(__name__)
@@ -56,8 +54,7 @@ class Worker:
         self.lm: LoraModel | None = None
         self.run: RunConfig | None = None
         self.model_path: Path | None = None
-        self.mixed: MixedExperts | None = None  # FedTreeLoRA's cluster/external mix, after warmup
-        self.alt: RestOfWorldMixer | None = None  # FedALT's own + rest-of-world mix
+        self.strategy: WorkerStrategy | None = None  # the worker half of the run's strategy
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -71,16 +68,12 @@ class Worker:
             raise ConfigError(f"run task is {run.task} but this worker's data holds {have}")
         self.model_path = Path(self.config.model_path or default_model_path(run.task))
         self.lm = build_model(self.model_path, self.data.label_keys, run.lora, run.seed, run.train.train_head, run.task)
-        if run.strategy == "ffa":  # FFA-LoRA: A stays at the shared seeded init
-            for named in self.lm.params.values():
-                for name, param in named.items():
-                    if is_lora_a(name):
-                        param.requires_grad_(False)
+        self.strategy = create_worker_strategy(run)
+        self.strategy.prepare(self.lm)
         schema = schema_of(self.lm.layers())
-        resumed = resume(self.lm, self.out, run)
-        if resumed is not None:
-            self.mixed, last = resumed
-            log.info("[Worker] resumed local state (adapter, head%s) from round %d", ", lambda" if self.mixed else "", last)
+        last = resume(self.lm, self.strategy, self.out, run)
+        if last is not None:
+            log.info("[Worker] resumed local state (adapter, head, %s state) from round %d", run.strategy, last)
         current = self.client.join(
             JoinRequest(self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, "0.1.0", self.lm.prefix)
         )
@@ -138,7 +131,7 @@ class Worker:
         self._stop.set()
 
     def handle(self, task: Task) -> None:
-        assert self.lm is not None and self.run is not None
+        assert self.lm is not None and self.run is not None and self.strategy is not None
         self.timing = {"start": time.time()}
         self.activity = "pulling"
         self.apply(task.round, self.client.pull(task.round))
@@ -159,7 +152,7 @@ class Worker:
             return
         self.activity = "training"
         seed = zlib.crc32(f"{self.run.seed}/{task.round}/{self.config.worker_id}".encode())  # stable across processes
-        extra = [(self.mixed.theta_parameters(), self.run.fedtree.theta_lr)] if self.mixed else []
+        extra = self.strategy.extra_param_groups()
         desc = f"{self.config.worker_id} round {task.round}"
         if isinstance(self.data, PromptData):
             metrics = train_causal(self.lm, self.data.train, self.run.train, seed, desc, self.config.progress, extra)
@@ -175,8 +168,7 @@ class Worker:
                 extra_groups=extra,
             )
         self._mark("trained")
-        if self.mixed:  # lambda_<layer> (+ personal_<layer> with a personal expert)
-            metrics.update(self.mixed.metrics())
+        metrics.update(self.strategy.metrics())  # e.g. lambda_<layer> (fedtree)
         # after local training, before aggregation (a classifier's is cheap; generation is not: skipped)
         local = {} if isinstance(self.data, PromptData) or not self.config.local_eval else self.evaluate()
         metrics.update({f"local_{k}": v for k, v in local.items()})
@@ -206,10 +198,10 @@ class Worker:
         self.activity = "idle"
 
     def apply(self, round: int, pulled: Pulled) -> None:
-        """Check received adapters against our own tensors, then load them: cluster experts
-        overwrite our adapter; in FedTreeLoRA's tree phase external experts fill the mix.
+        """Check received adapters against our own tensors, then hand them to the strategy (by
+        default cluster experts overwrite our adapter; worker/strategies/ say what else).
         A head blob (HEAD_LAYER, head_mode cluster) overwrites the rows of the labels it names."""
-        assert self.lm is not None and self.run is not None
+        assert self.lm is not None and self.run is not None and self.strategy is not None
         head = self._check_head(pulled[HEAD_LAYER]) if HEAD_LAYER in pulled else None
         pulled = {layer: roles for layer, roles in pulled.items() if layer != HEAD_LAYER}
         own = schema_of(self.lm.layers())
@@ -221,23 +213,7 @@ class Worker:
                 if unknown:
                     raise InvalidArgument(f"pulled layer {layer} {role.name.lower()}: unexpected tensors {unknown}")
                 validate_layer(tensors, {n: own[layer][n] for n in tensors}, f"pulled layer {layer} {role.name.lower()}")
-        if self.run.strategy == "fedalt":
-            if self.alt is None:
-                self.alt = RestOfWorldMixer(self.lm, self.run.lora)
-            self.alt.load(pulled)
-        elif self.run.strategy == "fedtree" and round > self.run.fedtree.warmup_rounds:
-            if self.mixed is None:
-                # with fedtree.personal, our adapter as it stands (end of warmup) becomes the personal
-                # expert here, before the pulled cluster expert overwrites it
-                self.mixed = mixed_experts(self.lm, self.run.lora, self.run.fedtree)
-                log.info(
-                    "[Worker] round %d: switching to mixed cluster/external%s experts",
-                    round,
-                    "/personal" if self.run.fedtree.personal else "",
-                )
-            self.mixed.load(pulled)
-        else:
-            self.lm.load_layers({layer: roles[Role.CLUSTER] for layer, roles in pulled.items() if Role.CLUSTER in roles})
+        self.strategy.apply(round, pulled)
         if head:
             load_head_rows(self.lm, self.data.label_keys, head)
 
@@ -263,9 +239,8 @@ class Worker:
         return rows
 
     def update_for(self, upload: UploadSpec) -> dict[int, dict[str, torch.Tensor]]:
-        assert self.lm is not None
-        layers = self.lm.layers()
-        update = {layer: {n: t for n, t in layers[layer].items() if upload.wants(n)} for layer in upload.adapter_layers}
+        assert self.lm is not None and self.strategy is not None
+        update = self.strategy.update(upload)
         if upload.head and isinstance(self.data, LocalData):  # head_mode cluster: our label rows
             update[HEAD_LAYER] = head_rows(self.lm, self.data.label_keys)
         return update
@@ -273,13 +248,13 @@ class Worker:
     def save_adapter(self, round: int, export: bool) -> None:
         """Checkpoint the local state; on the last rounds also export the personalised model
         as a PEFT adapter directory (`python -m worker export` does it from the checkpoint)."""
-        assert self.lm is not None and self.run is not None and self.model_path is not None
+        assert self.lm is not None and self.run is not None and self.model_path is not None and self.strategy is not None
         save_checkpoint(
-            self.out, self.lm, self.mixed, self.run, list(self.data.labels), self.model_path, round, list(self.data.label_keys)
+            self.out, self.lm, self.strategy, self.run, list(self.data.labels), self.model_path, round, list(self.data.label_keys)
         )
         if export:
             export_adapter(
-                self.lm, self.mixed, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter", self.run.task
+                self.lm, self.strategy, self.model_path, len(self.data.labels), self.run.lora, self.out / "adapter", self.run.task
             )
 
     def evaluate(self) -> dict[str, float]:

@@ -8,12 +8,19 @@ once for every strategy: a strategy only says which group a worker's head belong
 (`head_group`); `push_spec` adds the head blob (HEAD_LAYER) to its push, `accumulate_head`,
 `close_heads` and `head_downloads` run coordinator/heads.py's HeadSums for that grouping, and the
 checkpoint wrappers persist those sums beside the strategy's own state.
+
+Optional features are explicit methods with a default, not attributes to probe: `tree_view`
+(None: no client tree), `request_rebuild` (FailedPrecondition: nothing to rebuild) and
+`personalised` (the adapter a worker uses, as far as the coordinator can reproduce it, for
+export; FailedPrecondition where part of it stays on the worker).
+The worker half of every strategy is in worker/strategies/, registered under the same name.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,9 +29,11 @@ import torch
 
 from common.chunking import Role
 from common.config import RunConfig
+from common.errors import FailedPrecondition
 from common.schema import HEAD_LAYER, Schema, UploadSpec
 from coordinator.heads import HeadSums, is_head_key
 from coordinator.robust import RobustBuffer
+from coordinator.tree import ClientTree
 
 Tensors = dict[str, torch.Tensor]
 # layer -> tensors
@@ -40,6 +49,31 @@ class Download:
     role: Role
     share_key: str
     tensors: Tensors
+
+
+EXPORT_FROM_WORKER = "export from the worker (`python -m worker export --output-dir DIR`)"
+
+
+@dataclass(frozen=True)
+class TreeView:
+    """What a strategy with a client tree shows the operator (Admin GetTree, the phase)."""
+
+    built: bool  # the tree and clusters exist (after warmup)
+    built_round: int  # the round whose uploads built them (0: not yet)
+    tree: ClientTree | None  # None where clusters come without one tree (indep)
+    cuts: list[int]  # clusters per layer
+    clusters: list[list[list[str]]]  # per layer, the clusters as sorted worker ids
+    rebuild_pending: bool  # an operator asked for a rebuild that has not happened yet
+    warmup_rounds: int  # rounds of local training before the first build
+
+
+@dataclass(frozen=True)
+class PersonalAdapter:
+    """A worker's adapter as one plain LoRA: layer -> tensors, at rank `rank_multiplier` x r
+    (alpha scaled alike), e.g. FedTreeLoRA's mix of two experts at 2r."""
+
+    layers: LayerTensors
+    rank_multiplier: int = 1
 
 
 class Strategy(ABC):
@@ -90,6 +124,45 @@ class Strategy(ABC):
 
     def all_layers(self) -> tuple[int, ...]:
         return tuple(sorted(self.schema))
+
+    # -- optional features (explicit, with defaults) ---------------------------------------------
+    def tree_view(self) -> TreeView | None:
+        """The client tree and its clusters, for strategies that build one; None: no tree."""
+        return None
+
+    def request_rebuild(self, round: int) -> None:
+        """Rebuild the client tree from the uploads of `round` (an operator's request)."""
+        raise FailedPrecondition(f"strategy '{self.name}' has no client tree to rebuild")
+
+    def personalised(self, worker_id: str, round: int, metrics: Mapping[str, float]) -> PersonalAdapter:
+        """The adapter `worker_id` would use in `round` as the coordinator can reproduce it, for
+        export; `metrics` are those of its latest push (e.g. the lambdas it reported).
+        Default: its CLUSTER downloads, when they are a whole adapter (every tensor of the schema)
+        and it pulls nothing else; otherwise FailedPrecondition: the rest stays on the worker."""
+        pulled = self.downloads(worker_id, round)
+        if not pulled:
+            raise FailedPrecondition(
+                f"strategy '{self.name}' keeps no adapter for {worker_id} on the coordinator: {EXPORT_FROM_WORKER}"
+            )
+        other = sorted({d.role.name.lower() for d in pulled if d.role != Role.CLUSTER})
+        if other:
+            raise FailedPrecondition(
+                f"strategy '{self.name}' mixes {worker_id}'s adapter with {', '.join(other)} experts the coordinator cannot "
+                f"combine: {EXPORT_FROM_WORKER}"
+            )
+        layers = {d.layer: d.tensors for d in pulled}
+        missing = [
+            f"layer {layer} {name}"
+            for layer, specs in sorted(self.schema.items())
+            for name in specs
+            if name not in layers.get(layer, {})
+        ]
+        if missing:
+            raise FailedPrecondition(
+                f"strategy '{self.name}' keeps only part of {worker_id}'s adapter on the coordinator ({len(missing)} tensors "
+                f"stay on the worker, e.g. {missing[0]}): {EXPORT_FROM_WORKER}"
+            )
+        return PersonalAdapter(layers, 1)
 
     # -- classifier heads (head_mode cluster) ---------------------------------------------------
     def head_group(self, worker_id: str, round: int) -> str | None:

@@ -5,16 +5,26 @@ Uploads: its own A and B of every layer, every round.
 Uses: its own adapter (never overwritten) plus, frozen, the weighted mean of every OTHER
 worker's own adapter from the previous round (the EXTERNAL role), computed from sums:
 (total - own) / (w_total - w_own), O(workers) per layer.
+Robust aggregation (`robust.method` other than mean): a worker's rest of world is the robust
+aggregate (coordinate median, trimmed mean, centred clip) of the others' adapters of the previous
+round, reduced when it is first pulled (memoised until the next round closes).
+Export from the coordinator: refused, the mixers never leave the worker (export from the worker).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from common.chunking import Role
+from common.errors import FailedPrecondition
 from common.schema import UploadSpec
-from coordinator.strategies.base import Download, LayerTensors, Strategy
+from coordinator.strategies.base import EXPORT_FROM_WORKER, Download, LayerTensors, PersonalAdapter, Strategy
 from coordinator.tree import ClusterSums
+
+Tensors = dict[str, torch.Tensor]
 
 
 class FedALT(Strategy):
@@ -25,6 +35,7 @@ class FedALT(Strategy):
         self.ids: dict[str, int] = {}  # worker -> its own "cluster" in the sums
         self.sums = ClusterSums()
         self._pending = ClusterSums()
+        self._robust_rest: dict[tuple[int, int | None], Tensors] = {}  # (layer, own id or None) -> robust rest of world
 
     def upload_spec(self, worker_id: str, round: int) -> UploadSpec:
         return UploadSpec(self.all_layers(), lora_a=True, lora_b=True)
@@ -35,15 +46,26 @@ class FedALT(Strategy):
         for layer in self.all_layers():
             if not self.sums.weights.get(layer):
                 continue
-            if own is not None and own in self.sums.weights[layer]:
-                rest = self.sums.external_mean(layer, own)
-                key = f"row-{own}"
-            else:  # no upload of its own last round: everyone's mean is its rest of world
-                rest = self.sums.total_mean(layer)
-                key = "all"
+            pushed = own is not None and own in self.sums.weights[layer]
+            # no upload of its own last round: everyone's adapter is its rest of world
+            key = f"row-{own}" if pushed else "all"
+            rest = self._rest_of_world(layer, own if pushed else None)
             if rest is not None:
                 out.append(Download(layer, Role.EXTERNAL, key, rest))
         return out
+
+    def _rest_of_world(self, layer: int, own: int | None) -> Tensors | None:
+        """The aggregate of every adapter of `layer` but `own`'s (None: of all of them)."""
+        if not self.robust.buffers:
+            return self.sums.total_mean(layer) if own is None else self.sums.external_mean(layer, own)
+        if (layer, own) not in self._robust_rest:
+            others = [c for c in self.sums.clusters(layer) if c != own]
+            if not others:
+                return None
+            weights = self.sums.weights[layer]
+            means = [self.sums.cluster_mean(layer, c) for c in others]
+            self._robust_rest[(layer, own)] = self.robust.reduce(means, [weights[c] for c in others])
+        return self._robust_rest[(layer, own)]
 
     def accumulate(self, worker_id: str, round: int, update: LayerTensors, weight: float) -> None:
         own = self.ids.setdefault(worker_id, len(self.ids))
@@ -53,4 +75,11 @@ class FedALT(Strategy):
     def close_round(self, round: int) -> None:
         if self._pending.total_weights:
             self.sums = self._pending
+            self._robust_rest = {}
         self._pending = ClusterSums()
+
+    def personalised(self, worker_id: str, round: int, metrics: Mapping[str, float]) -> PersonalAdapter:
+        raise FailedPrecondition(
+            f"fedalt mixes {worker_id}'s own adapter with the rest of world through per-token mixers that never leave "
+            f"the worker: {EXPORT_FROM_WORKER}"
+        )

@@ -7,7 +7,10 @@ and B; afterwards its updated cluster expert, every layer.
 Uses: per layer l, the example-weighted mean A and mean B of its cluster under the cut c*_l of
 the global tree (cluster expert) mixed by lambda = sigmoid(theta) with the mean over all other
 workers (external expert; none and lambda = 1 where the layer has one cluster).
-The tree, cuts and clusters are rebuilt after warmup (and every `rebuild_every` rounds if set).
+The tree, cuts and clusters are rebuilt after warmup (and every `rebuild_every` rounds if set, or
+when an operator asks: `request_rebuild`); `tree_view` shows them.
+Export from the coordinator: the rank-2r mix of the worker's cluster and external experts with the
+lambdas of its latest push; refused with `fedtree.personal` (the personal expert never leaves it).
 Head (head_mode cluster): averaged per label inside the worker's cluster of the DEEPEST layer
 (flat: its one cluster; indep: its deepest layer's), from the first round after the tree is built;
 during warmup, including the build round, and for workers outside the tree it stays local.
@@ -17,15 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from common.chunking import Role
+from common.errors import FailedPrecondition
+from common.lora import concat_experts
 from common.schema import UploadSpec, is_lora_a, is_lora_b
 from coordinator.spill import Uploads
-from coordinator.strategies.base import Download, LayerTensors, Strategy
+from coordinator.strategies.base import EXPORT_FROM_WORKER, Download, LayerTensors, PersonalAdapter, Strategy, TreeView
 from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
 from coordinator.tree.render import dendrogram, layer_groups
 
@@ -61,6 +67,17 @@ class FedTree(Strategy):
 
     def request_rebuild(self, round: int) -> None:
         self.rebuild_round = round
+
+    def tree_view(self) -> TreeView:
+        return TreeView(
+            built=bool(self.assignment),
+            built_round=self.built_round,
+            tree=self.tree,
+            cuts=list(self.cuts),
+            clusters=self.clusters() if self.assignment else [],
+            rebuild_pending=self.rebuild_round is not None,
+            warmup_rounds=self.cfg.warmup_rounds,
+        )
 
     def upload_spec(self, worker_id: str, round: int) -> UploadSpec:
         if round < self.cfg.warmup_rounds:
@@ -122,6 +139,30 @@ class FedTree(Strategy):
             self.experts = self._pending
         self._pending = ClusterSums()
         self._uploads.clear()
+
+    def personalised(self, worker_id: str, round: int, metrics: Mapping[str, float]) -> PersonalAdapter:
+        """Cluster experts alone (flat, indep, cluster_only): as they are. Mixed with external
+        experts: the exact rank-2r LoRA of lam * cluster + (1 - lam) * external with the lambdas
+        the worker reported (0.5 where it reported none; 1 in a layer without external expert)."""
+        if self.cfg.personal and self.mixes_external:  # flat / indep workers have no personal expert
+            raise FailedPrecondition(
+                "this run keeps a personal expert on each worker (fedtree.personal) that the coordinator never sees: "
+                + EXPORT_FROM_WORKER
+            )
+        pulled: dict[int, dict[Role, Tensors]] = {}
+        for item in self.downloads(worker_id, round):
+            pulled.setdefault(item.layer, {})[item.role] = item.tensors
+        if not any(Role.EXTERNAL in roles for roles in pulled.values()):
+            return super().personalised(worker_id, round, metrics)
+        lambdas = lambdas_in(metrics)
+        out: dict[int, Tensors] = {}
+        for layer, roles in sorted(pulled.items()):
+            cluster = roles[Role.CLUSTER]
+            external = roles.get(Role.EXTERNAL)
+            lam = lambdas.get(layer, 0.5) if external is not None else 1.0
+            zeros = {name: torch.zeros_like(t) for name, t in cluster.items()}
+            out[layer] = concat_experts(cluster, external if external is not None else zeros, lam)
+        return PersonalAdapter(out, 2)
 
     # -- the tree ----------------------------------------------------------------------------
     def _build(self, round: int) -> None:
@@ -211,3 +252,8 @@ class FedTree(Strategy):
         self.experts = ClusterSums()
         for (layer, cluster), mean in sorted(means.items()):
             self.experts.add(layer, cluster, mean, float(meta["weights"][str(layer)][str(cluster)]))
+
+
+def lambdas_in(metrics: Mapping[str, float]) -> dict[int, float]:
+    """Per-layer lambdas a worker reports with its push as metrics `lambda_<layer>`."""
+    return {int(k.split("_", 1)[1]): v for k, v in metrics.items() if k.startswith("lambda_")}

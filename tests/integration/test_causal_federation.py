@@ -51,7 +51,7 @@ def test_causal_lm_federation_two_rounds(strategy, coordinator_factory, tiny_lla
         assert all(torch.equal(a[1][n], b[1][n]) for n in a[1]), "one global adapter after the final pull"
     elif strategy == "fedtree":
         assert engine.strategy.assignment, "the tree was built from the llama B matrices after warmup"
-        assert workers[0].mixed is not None, "round 2 trained FedTreeLoRA's mixed experts on q_proj/v_proj"
+        assert workers[0].strategy.mixed is not None, "round 2 trained FedTreeLoRA's mixed experts on q_proj/v_proj"
         _check_export_reproduces_logits(workers[0], tiny_llama_dir, tmp_path)
 
 

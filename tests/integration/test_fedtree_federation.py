@@ -29,8 +29,8 @@ def test_fedtree_four_workers(coordinator_factory, tiny_model_dir, client_data, 
     assert rounds[0]["bytes"] == 0 and all(r["bytes"] > 0 for r in rounds[1:])
     # every worker switched to mixed experts; lambda pinned to 1 exactly where its layer has one cluster
     for worker in workers:
-        assert worker.mixed is not None
-        for layer, lam in worker.mixed.lams().items():
+        assert worker.strategy.mixed is not None
+        for layer, lam in worker.strategy.mixed.lams().items():
             assert (lam == 1.0) == (strategy.cuts[layer] == 1)
     # the exported adapter is a standard rank-2r PEFT adapter reproducing the worker's logits
     worker = workers[0]

@@ -11,6 +11,7 @@ from worker.checkpoint import resume
 from worker.model import build_model
 from worker.personal import PersonalExperts
 from worker.runner import EXIT_OK
+from worker.strategies import create_worker_strategy
 
 FEDTREE = {"warmup_rounds": 2, "tau": -1.0, "personal": True, "personal_init": 0.25}
 
@@ -25,7 +26,7 @@ def test_fedtree_with_personal_expert(coordinator_factory, tiny_model_dir, clien
     layers = sorted(workers[0].lm.params)
     for worker in workers:
         assert worker.run.fedtree.personal and worker.run.fedtree.personal_init == 0.25  # travelled in the RunSpec
-        mixed = worker.mixed
+        mixed = worker.strategy.mixed
         assert isinstance(mixed, PersonalExperts)
         weights = mixed.personal_weights()
         assert all(0 < w < 1 for w in weights.values()) and any(w != 0.25 for w in weights.values())  # phi trained
@@ -56,9 +57,11 @@ def test_fedtree_with_personal_expert(coordinator_factory, tiny_model_dir, clien
         torch.testing.assert_close(reloaded(**enc).logits, expected, rtol=1e-4, atol=1e-5)
     # a restarted worker resumes its personal expert and phi from the checkpoint
     fresh = build_model(worker.model_path, worker.data.label_keys, worker.run.lora, worker.run.seed, worker.run.train.train_head)
-    resumed = resume(fresh, worker.out, worker.run)
-    assert resumed is not None and isinstance(resumed[0], PersonalExperts) and resumed[1] == 4
-    assert resumed[0].personal_weights() == worker.mixed.personal_weights()
+    strategy = create_worker_strategy(worker.run)
+    strategy.prepare(fresh)
+    assert resume(fresh, strategy, worker.out, worker.run) == 4
+    assert isinstance(strategy.mixed, PersonalExperts)
+    assert strategy.mixed.personal_weights() == worker.strategy.mixed.personal_weights()
     fresh.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh.model(**enc).logits, expected)

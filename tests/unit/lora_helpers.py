@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from common.config import LoraConfig
+from common.config import FedTreeConfig, LoraConfig, RunConfig
+from worker.mixed import MixedExperts
 from worker.model import LoraModel
+from worker.strategies.fedtree import FedTreeWorker
 
 LORA = LoraConfig(rank=4, alpha=8.0)
 TEXTS = ["the match ended with a late goal", "new chips make phones faster", "bake the bread with spice"]
@@ -22,3 +24,11 @@ def logits(model: torch.nn.Module, lm: LoraModel) -> torch.Tensor:
     enc = lm.tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         return model(**enc).logits
+
+
+def fedtree_worker(lm: LoraModel, mixed: MixedExperts | None, run: RunConfig | None = None) -> FedTreeWorker:
+    """The fedtree worker strategy of `lm` holding a mixed model built by hand (None: warmup)."""
+    strategy = FedTreeWorker(run or RunConfig(strategy="fedtree", lora=LORA, fedtree=FedTreeConfig(personal=False)))
+    strategy.prepare(lm)
+    strategy.mixed = mixed
+    return strategy

@@ -22,8 +22,8 @@ from common.admin_types import (
 )
 from common.config import RunConfig
 from coordinator.admin import file_pieces, phase, round_views, status_view, tree_view, worker_views
-from coordinator.engine import EngineSnapshot, RoundInfo, StrategyTree, WorkerInfo, strategy_tree
-from coordinator.strategies.fedit import FedIT
+from coordinator.engine import EngineSnapshot, RoundInfo, WorkerInfo
+from coordinator.strategies.base import TreeView as StrategyTreeView
 from coordinator.tree import ClientTree, Merge
 from proto.fedtree.v1 import admin_pb2 as apb
 
@@ -43,17 +43,16 @@ def test_a_snapshot_is_a_copy(started: Harness) -> None:
     assert h.engine.current is not None and h.engine.current.pushed == {"A": "A-1"} and len(h.engine.current.participants) == 2
 
 
-def test_strategy_tree_of_a_tree_strategy_before_and_after_it_is_built() -> None:
+def test_the_snapshot_carries_the_strategys_tree_view(h: Harness) -> None:
+    assert h.engine.snapshot().tree is None  # no worker yet: no strategy
+    h.join("A")
+    assert h.engine.snapshot().tree is None  # fedit builds no tree
     s = strategy()
-    assert strategy_tree(s) == StrategyTree(built=False)
+    assert s.tree_view().built is False
     warm_up(s)
-    got = strategy_tree(s)
-    assert got is not None and got.built and got.built_round == 2 and got.tree is s.tree and not got.rebuild_pending
-    assert got.clusters == tuple(tuple(tuple(g) for g in groups) for groups in s.clusters())
-    s.request_rebuild(5)
-    assert strategy_tree(s).rebuild_pending  # type: ignore[union-attr]
-    assert strategy_tree(None) is None
-    assert strategy_tree(FedIT(RunConfig(), {})) is None
+    h.engine.strategy = s
+    snap = h.engine.snapshot()
+    assert snap.tree == s.tree_view() and snap.tree is not None and snap.tree.built and snap.tree.built_round == 2
 
 
 # -- views built from a snapshot ----------------------------------------------------------------
@@ -100,7 +99,9 @@ def test_phases(h: Harness) -> None:
     assert phase(h.engine.snapshot()) == Phase.DONE
 
 
-def _snapshot(tree: StrategyTree | None, round: int = 3, metrics: dict[str, dict[str, float]] | None = None) -> EngineSnapshot:
+def _snapshot(
+    tree: StrategyTreeView | None, round: int = 3, metrics: dict[str, dict[str, float]] | None = None
+) -> EngineSnapshot:
     run = RunConfig.model_validate({"strategy": "fedtree", "rounds": 5, "fedtree": {"warmup_rounds": 2}})
     workers = tuple(WorkerInfo(w, 10, T0, "training", last_metrics=(metrics or {}).get(w, {})) for w in ("a", "b", "c"))
     current = RoundInfo(round, T0, T0 + DEADLINE, {"a": 10, "b": 10, "c": 10})
@@ -108,7 +109,16 @@ def _snapshot(tree: StrategyTree | None, round: int = 3, metrics: dict[str, dict
 
 
 TREE = ClientTree(("a", "b", "c"), (Merge(0, 1, 0.5, 2), Merge(2, 3, 1.5, 3)), "average")
-BUILT = StrategyTree(True, 2, True, TREE, ((("a", "b", "c"),), (("a", "b"), ("c",))))
+BUILT = StrategyTreeView(
+    built=True,
+    built_round=2,
+    tree=TREE,
+    cuts=[1, 2],
+    clusters=[[["a", "b", "c"]], [["a", "b"], ["c"]]],
+    rebuild_pending=True,
+    warmup_rounds=2,
+)
+UNBUILT = StrategyTreeView(False, 0, None, [], [], False, warmup_rounds=2)
 
 
 def test_tree_view_of_a_built_tree_with_reported_lambdas() -> None:
@@ -130,8 +140,8 @@ def test_tree_view_of_a_built_tree_with_reported_lambdas() -> None:
 
 
 def test_tree_view_before_the_tree_or_without_one() -> None:
-    assert tree_view(_snapshot(StrategyTree(built=False), round=1)) == TreeView(strategy="fedtree")
-    assert phase(_snapshot(StrategyTree(built=False), round=1)) == Phase.WARMUP
+    assert tree_view(_snapshot(UNBUILT, round=1)) == TreeView(strategy="fedtree")
+    assert phase(_snapshot(UNBUILT, round=1)) == Phase.WARMUP
     assert tree_view(_snapshot(None)) == TreeView(strategy="fedtree")
     assert phase(_snapshot(None, round=1)) == Phase.TRAINING  # no tree: no warmup phase
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_helpers import LORA, TEXTS, logits, randomise
+from lora_helpers import LORA, TEXTS, fedtree_worker, logits, randomise
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from common.chunking import Role
-from worker.export import export_adapter, personalised_layers
+from worker.export import export_adapter
 from worker.mixed import MixedExperts
 from worker.model import LoraModel, build_model
 
@@ -44,7 +44,7 @@ def check_export(model_path: Path, tmp_path: Path, mixed_mode: bool) -> None:
             p.add_(0.1)
     mixed = make_mixed(lm, pinned_layer=0) if mixed_mode else None
     expected = logits(lm.model, lm)
-    out = export_adapter(lm, mixed, model_path, 3, LORA, tmp_path / "adapter")
+    out = export_adapter(lm, fedtree_worker(lm, mixed), model_path, 3, LORA, tmp_path / "adapter")
     reloaded = reload(model_path, out, 3)
     torch.testing.assert_close(logits(reloaded, lm), expected, rtol=1e-4, atol=1e-5)
     assert reloaded.peft_config["default"].r == LORA.rank * (2 if mixed_mode else 1)
@@ -96,8 +96,9 @@ def test_only_cluster_expert_and_theta_train(tiny_model_dir: Path) -> None:
 def test_personalised_layers_shapes(tiny_model_dir: Path) -> None:
     lm = build_model(tiny_model_dir, ("a", "b"), LORA, seed=0, train_head=True)
     mixed = make_mixed(lm, pinned_layer=0)
-    layers, mult = personalised_layers(lm, mixed)
-    assert mult == 2
+    adapter = fedtree_worker(lm, mixed).personalised()
+    layers = adapter.layers
+    assert adapter.rank_multiplier == 2
     a = layers[1]["attention.self.query.lora_A.weight"]
     b = layers[1]["attention.self.query.lora_B.weight"]
     assert a.shape == (2 * LORA.rank, 32) and b.shape == (32, 2 * LORA.rank)
@@ -108,18 +109,20 @@ def test_personalised_layers_shapes(tiny_model_dir: Path) -> None:
 def test_checkpoint_round_trip_restores_the_personalised_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     from common.config import RunConfig
     from worker.checkpoint import load_checkpoint, resume, save_checkpoint
+    from worker.strategies import create_worker_strategy
 
-    run = RunConfig(lora=LORA)
+    run = RunConfig(strategy="fedtree", lora=LORA)
     lm = build_model(tiny_model_dir, ("a", "b", "c"), LORA, seed=0, train_head=True)
     lm.load_layers(randomise(lm, 0))
     mixed = make_mixed(lm, pinned_layer=0)
     expected = logits(lm.model, lm)
-    save_checkpoint(tmp_path, lm, mixed, run, ["a", "b", "c"], tiny_model_dir, round=4)
+    save_checkpoint(tmp_path, lm, fedtree_worker(lm, mixed, run), run, ["a", "b", "c"], tiny_model_dir, round=4)
     restored = load_checkpoint(tmp_path)
-    assert restored.round == 4 and restored.mixed is not None and restored.mixed.pinned == {0}
+    assert restored.round == 4 and restored.strategy.mixed is not None and restored.strategy.mixed.pinned == {0}
     torch.testing.assert_close(logits(restored.lm.model, restored.lm), expected)
     fresh = build_model(tiny_model_dir, ("a", "b", "c"), LORA, seed=0, train_head=True)
-    assert resume(fresh, tmp_path, run.model_copy(update={"seed": 1})) is None  # another run's state is ignored
-    again = resume(fresh, tmp_path, run)
-    assert again is not None and again[1] == 4
+    strategy = create_worker_strategy(run)
+    strategy.prepare(fresh)
+    assert resume(fresh, strategy, tmp_path, run.model_copy(update={"seed": 1})) is None  # another run's state is ignored
+    assert resume(fresh, strategy, tmp_path, run) == 4
     torch.testing.assert_close(logits(fresh.model, fresh), expected)

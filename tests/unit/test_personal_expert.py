@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_helpers import LORA, TEXTS, Layers, logits, randomise
+from lora_helpers import LORA, TEXTS, Layers, fedtree_worker, logits, randomise
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 from common.chunking import Role
 from common.config import FedTreeConfig, RunConfig
 from common.schema import UploadSpec
-from worker.export import export_adapter, personalised_layers
+from worker.export import export_adapter
 from worker.mixed import EXTERNAL, MixedExperts
 from worker.model import LoraModel, build_model
 from worker.personal import PERSONAL, PersonalExperts, mixed_experts
@@ -98,12 +98,16 @@ def test_personal_expert_is_the_warmup_adapter_and_survives_pulls(tiny_model_dir
     from worker.runner import Worker
 
     lm, own = warm_model(tiny_model_dir)
-    worker = Worker.__new__(Worker)  # apply/update_for need the model and the run only
-    worker.lm, worker.mixed, worker.alt = lm, None, None
+    from worker.strategies import create_worker_strategy
+
+    worker = Worker.__new__(Worker)  # apply/update_for need the model, the run and its strategy only
+    worker.lm = lm
     worker.run = RunConfig(strategy="fedtree", lora=LORA, fedtree=FedTreeConfig(warmup_rounds=1, personal=True))
+    worker.strategy = create_worker_strategy(worker.run)
+    worker.strategy.prepare(lm)
     first = pulled(lm, 1, pinned_layer=0)
     worker.apply(2, first)
-    mixed = worker.mixed
+    mixed = worker.strategy.mixed
     assert isinstance(mixed, PersonalExperts)
     for layer in lm.params:
         for name, param in mixed.personal[layer].items():
@@ -118,7 +122,7 @@ def test_personal_expert_is_the_warmup_adapter_and_survives_pulls(tiny_model_dir
     trained = mixed.personal_layers()
     second = pulled(lm, 7, pinned_layer=None)
     worker.apply(3, second)
-    assert worker.mixed is mixed and mixed.pinned == set()
+    assert worker.strategy.mixed is mixed and mixed.pinned == set()
     for layer in lm.params:
         for name in trained[layer]:
             torch.testing.assert_close(mixed.personal[layer][name].detach(), trained[layer][name])
@@ -148,6 +152,7 @@ def test_phi_personal_and_cluster_train_external_frozen(tiny_model_dir: Path) ->
 
 def test_checkpoint_round_trip(tiny_model_dir: Path, tmp_path: Path) -> None:
     from worker.checkpoint import FILE, load_checkpoint, resume, save_checkpoint
+    from worker.strategies import create_worker_strategy
 
     run = RunConfig(strategy="fedtree", lora=LORA, fedtree=FedTreeConfig(personal=True, personal_init=0.2, lambda_init=0.7))
     lm, mixed, _ = make_personal(tiny_model_dir, pinned_layer=0)
@@ -156,24 +161,30 @@ def test_checkpoint_round_trip(tiny_model_dir: Path, tmp_path: Path) -> None:
             for param in named.values():
                 param.mul_(1.5)
     expected = logits(lm.model, lm)
-    save_checkpoint(tmp_path, lm, mixed, run, ["a", "b", "c"], tiny_model_dir, round=4)
+    save_checkpoint(tmp_path, lm, fedtree_worker(lm, mixed, run), run, ["a", "b", "c"], tiny_model_dir, round=4)
     restored = load_checkpoint(tmp_path)
-    assert isinstance(restored.mixed, PersonalExperts) and restored.mixed.pinned == {0}
+    again_mixed = restored.strategy.mixed
+    assert isinstance(again_mixed, PersonalExperts) and again_mixed.pinned == {0}
     assert restored.run == run
     for layer in mixed.phi:
-        torch.testing.assert_close(restored.mixed.phi[layer], mixed.phi[layer])
+        torch.testing.assert_close(again_mixed.phi[layer], mixed.phi[layer])
     for layer, named in mixed.personal_layers().items():
         for name, tensor in named.items():
-            torch.testing.assert_close(restored.mixed.personal[layer][name].detach(), tensor)
+            torch.testing.assert_close(again_mixed.personal[layer][name].detach(), tensor)
     torch.testing.assert_close(logits(restored.lm.model, restored.lm), expected)
     fresh = build_model(tiny_model_dir, ("a", "b", "c"), LORA, seed=0, train_head=True)
-    again = resume(fresh, tmp_path, run)
-    assert again is not None and isinstance(again[0], PersonalExperts) and again[1] == 4
+    strategy = create_worker_strategy(run)
+    strategy.prepare(fresh)
+    assert resume(fresh, strategy, tmp_path, run) == 4
+    assert isinstance(strategy.mixed, PersonalExperts)
     torch.testing.assert_close(logits(fresh.model, fresh), expected)
     # a run without the option records no personal knobs: its checkpoints are what they were before
     plain = build_model(tiny_model_dir, ("a", "b", "c"), LORA, seed=0, train_head=True)
     (tmp_path / "plain").mkdir()
-    save_checkpoint(tmp_path / "plain", plain, None, RunConfig(lora=LORA), ["a", "b", "c"], tiny_model_dir, round=1)
+    plain_run = RunConfig(lora=LORA)
+    plain_strategy = create_worker_strategy(plain_run)
+    plain_strategy.prepare(plain)
+    save_checkpoint(tmp_path / "plain", plain, plain_strategy, plain_run, ["a", "b", "c"], tiny_model_dir, round=1)
     with safe_open(str(tmp_path / "plain" / FILE), framework="pt") as fh:
         meta = json.loads((fh.metadata() or {})["fedtree"])
         assert not any("personal" in key or "phi" in key for key in fh.keys())  # noqa: SIM118
@@ -186,13 +197,14 @@ def test_export_reproduces_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         for p in lm.head_parameters():
             p.add_(0.1)
-    layers, mult = personalised_layers(lm, mixed)
-    assert mult == 3
+    adapter = fedtree_worker(lm, mixed).personalised()
+    layers = adapter.layers
+    assert adapter.rank_multiplier == 3
     b0 = layers[0]["attention.self.query.lora_B.weight"]
     assert b0.shape == (32, 3 * LORA.rank)
     assert torch.count_nonzero(b0[:, LORA.rank : 2 * LORA.rank]) == 0  # one cluster: zero external block
     expected = logits(lm.model, lm)
-    out = export_adapter(lm, mixed, tiny_model_dir, 3, LORA, tmp_path / "adapter")
+    out = export_adapter(lm, fedtree_worker(lm, mixed), tiny_model_dir, 3, LORA, tmp_path / "adapter")
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3, ignore_mismatched_sizes=True)
     reloaded = PeftModel.from_pretrained(base, str(out))
     assert reloaded.peft_config["default"].r == 3 * LORA.rank
