@@ -109,7 +109,6 @@ def test_personalised_layers_shapes(tiny_model_dir: Path) -> None:
 def test_checkpoint_round_trip_restores_the_personalised_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     from common.config import RunConfig
     from worker.checkpoint import load_checkpoint, resume, save_checkpoint
-
     from worker.strategies import create_worker_strategy
 
     run = RunConfig(strategy="fedtree", lora=LORA)
