@@ -21,3 +21,23 @@ def test_personal_expert_runs_export_from_the_worker(tmp_path: Path) -> None:
     engine.join(JoinRequest("w0", FP, 10, SCHEMA))
     with pytest.raises(FailedPrecondition, match="personal expert"):
         worker_layers(engine, "w0")
+
+
+def test_fedalt_export_is_a_clear_failed_precondition_not_an_internal_error(tmp_path: Path) -> None:
+    """FedALT's pulls are EXTERNAL only (no CLUSTER): the Admin export used to hit a KeyError."""
+    from engine_harness import update
+
+    from common.types import PushHeader
+    from coordinator.admin import AdminView
+
+    run = RunConfig.model_validate({"strategy": "fedalt", "rounds": 2, "min_workers": 2})
+    engine = RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), StateStore(tmp_path))
+    for worker in ("w0", "w1"):
+        engine.join(JoinRequest(worker, FP, 10, SCHEMA))
+    for i, worker in enumerate(("w0", "w1")):
+        engine.commit_push(PushHeader(worker, 1, f"u{i}", 10, {}), update(float(i)), nbytes=1)
+    assert engine.last_closed == 1
+    with pytest.raises(FailedPrecondition, match="python -m worker export"):
+        worker_layers(engine, "w0")
+    with pytest.raises(FailedPrecondition, match="python -m worker export"):
+        list(AdminView(engine).export("w0"))
