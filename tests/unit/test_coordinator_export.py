@@ -10,7 +10,7 @@ from engine_harness import FP, SCHEMA
 from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition
 from common.types import JoinRequest
-from coordinator.engine import RoundEngine
+from coordinator.engine import PushTicket, RoundEngine
 from coordinator.export import worker_layers
 from coordinator.state import StateStore
 
@@ -35,7 +35,9 @@ def test_fedalt_export_is_a_clear_failed_precondition_not_an_internal_error(tmp_
     for worker in ("w0", "w1"):
         engine.join(JoinRequest(worker, FP, 10, SCHEMA))
     for i, worker in enumerate(("w0", "w1")):
-        engine.commit_push(PushHeader(worker, 1, f"u{i}", 10, {}), update(float(i)), nbytes=1)
+        ticket = engine.begin_push(PushHeader(worker, 1, f"u{i}", 10, {}))
+        assert isinstance(ticket, PushTicket)
+        engine.commit(ticket, update(float(i)), nbytes=1)
     assert engine.last_closed == 1
     with pytest.raises(FailedPrecondition, match="python -m worker export"):
         worker_layers(engine, "w0")
