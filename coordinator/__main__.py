@@ -23,7 +23,8 @@ EXIT_OK, EXIT_CONFIG, EXIT_SIGNAL = 0, 2, 130
 
 def export_main(argv: list[str]) -> int:
     """`python -m coordinator export --state-dir DIR --worker ID --to OUT`: a worker's adapter as a
-    PEFT directory, from the coordinator's state (cluster/external experts and reported lambdas)."""
+    PEFT directory, from the coordinator's state (cluster/external experts and reported lambdas).
+    It only reads the state, so it is safe to run against a live coordinator's directory."""
     parser = argparse.ArgumentParser(prog="fedtree-coordinator export", description=export_main.__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--worker", required=True)
@@ -31,21 +32,20 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     from common.errors import FedtreeError
-    from coordinator.engine import RoundEngine
     from coordinator.export import write_adapter
-    from coordinator.state import StateStore
+    from coordinator.state_view import StateView
 
     if not (args.state_dir / "state.db").exists():
         print(f"fedtree-coordinator export: no state in {args.state_dir}", file=sys.stderr)
         return EXIT_CONFIG
-    store = StateStore(args.state_dir)
-    config = CoordinatorConfig.model_validate({**store.get("config"), "state_dir": str(args.state_dir)})
-    try:
-        out = write_adapter(RoundEngine(config, store), args.worker, args.to)
+    try:  # read-only: safe against the state of a live coordinator, which it never changes
+        with StateView.open(args.state_dir) as view:
+            out = write_adapter(view, args.worker, args.to)
+            last = view.last_closed
     except FedtreeError as exc:
         print(f"fedtree-coordinator export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"wrote PEFT adapter of {args.worker} after round {store.last_closed_round()} to {out}")
+    print(f"wrote PEFT adapter of {args.worker} after round {last} to {out}")
     return EXIT_OK
 
 

@@ -4,25 +4,49 @@ The coordinator holds what a worker pulls (cluster and external experts) and the
 reports with its pushes. The classifier head is not included: in the `frozen` and `local` head
 modes it never leaves the worker, and with `cluster` the coordinator holds only the group's mean
 rows, not the worker's own head (export from the worker's checkpoint for that).
-Used by `python -m coordinator export` (offline, from a state directory).
+Used by `python -m coordinator export` (offline, from a read-only StateView of a state directory)
+and by the Admin API's ExportAdapter (the serving RoundEngine): both are an `ExportSource`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import save_file
 
 from common.chunking import Role
+from common.config import RunConfig
 from common.errors import FailedPrecondition, NotFound
 from common.lora import concat_experts, peft_config
-from coordinator.engine import RoundEngine
+from coordinator.state import StateStore
+from coordinator.strategies import Strategy
 
 Tensors = dict[str, torch.Tensor]
 
 
-def worker_layers(engine: RoundEngine, worker_id: str) -> tuple[dict[int, Tensors], int]:
+class ExportSource(Protocol):
+    """What export reads of a run: the serving RoundEngine or an offline, read-only StateView."""
+
+    @property
+    def run(self) -> RunConfig: ...
+
+    @property
+    def strategy(self) -> Strategy | None: ...
+
+    @property
+    def workers(self) -> Mapping[str, object]: ...
+
+    @property
+    def last_closed(self) -> int: ...
+
+    @property
+    def store(self) -> StateStore: ...
+
+
+def worker_layers(engine: ExportSource, worker_id: str) -> tuple[dict[int, Tensors], int]:
     """(layer -> personalised tensors, rank multiplier) for `worker_id` after the last closed round."""
     if engine.strategy is None:
         raise FailedPrecondition("no worker has joined this run yet")
@@ -57,7 +81,7 @@ def lambdas_in(metrics: dict[str, float]) -> dict[int, float]:
     return {int(k.split("_", 1)[1]): v for k, v in metrics.items() if k.startswith("lambda_")}
 
 
-def reported_lambdas(engine: RoundEngine, worker_id: str) -> dict[int, float]:
+def reported_lambdas(engine: ExportSource, worker_id: str) -> dict[int, float]:
     """The per-layer lambdas from the worker's latest push."""
     for round in range(engine.last_closed, 0, -1):
         push = engine.store.pushes(round).get(worker_id)
@@ -66,7 +90,7 @@ def reported_lambdas(engine: RoundEngine, worker_id: str) -> dict[int, float]:
     return {}
 
 
-def write_adapter(engine: RoundEngine, worker_id: str, out_dir: Path) -> Path:
+def write_adapter(engine: ExportSource, worker_id: str, out_dir: Path) -> Path:
     layers, mult = worker_layers(engine, worker_id)
     prefix = engine.store.get("layer_prefix") or ""
     lora = engine.run.lora
