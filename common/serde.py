@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.chunking import BlobKey, ChunkData, Role
+from common.chunking import ChunkData
 from common.config import FedTreeConfig, GenerationConfig, LoraConfig, PrivacyConfig, RunConfig, TrainConfig
 from common.errors import InvalidArgument
 from common.schema import Schema, TensorSpec, UploadSpec
@@ -10,13 +10,6 @@ from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from proto.fedtree.v1 import federation_pb2 as pb
 
 _PERSONAL_INIT: float = FedTreeConfig.model_fields["personal_init"].default  # travels as 0
-
-
-def _role(value: int) -> Role:
-    try:
-        return Role(value)
-    except ValueError:
-        raise InvalidArgument(f"unknown role value {value}") from None
 
 
 def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
@@ -30,11 +23,6 @@ def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
         blob_size=chunk.blob_size,
         data=bytes(chunk.data),
     )
-
-
-def chunk_from_proto(msg: pb.Chunk) -> ChunkData:
-    key = BlobKey(msg.round, msg.layer, _role(msg.role))
-    return ChunkData(key, msg.index, msg.total, msg.sha256, msg.blob_size, msg.data)
 
 
 def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
@@ -211,3 +199,24 @@ def push_result_to_proto(result: PushResult) -> pb.PushUpdateResponse:
 
 def push_result_from_proto(msg: pb.PushUpdateResponse) -> PushResult:
     return PushResult(msg.accepted, msg.round, msg.layers_received, msg.duplicate)
+
+
+# -- the worker's requests (worker/client.py sends them) ------------------------------------------
+def get_run_request(worker_id: str) -> pb.GetRunRequest:
+    return pb.GetRunRequest(worker_id=worker_id)
+
+
+def get_task_request(worker_id: str, wait_s: float) -> pb.GetTaskRequest:
+    return pb.GetTaskRequest(worker_id=worker_id, wait_seconds=wait_s)
+
+
+def pull_request(worker_id: str, round: int) -> pb.PullAdaptersRequest:
+    return pb.PullAdaptersRequest(worker_id=worker_id, round=round)
+
+
+def report_metrics_request(worker_id: str, round: int, metrics: dict[str, float]) -> pb.ReportMetricsRequest:
+    return pb.ReportMetricsRequest(worker_id=worker_id, round=round, metrics=metrics)
+
+
+def heartbeat_request(worker_id: str, activity: str) -> pb.HeartbeatRequest:
+    return pb.HeartbeatRequest(worker_id=worker_id, activity=activity)

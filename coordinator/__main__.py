@@ -14,11 +14,10 @@ from pathlib import Path
 
 from common.config import COORDINATOR_ENV_PREFIX, CoordinatorConfig, load_config
 from common.errors import ConfigError
+from common.exit_codes import ExitCode
 from common.logging_setup import configure_logging
 
 log = logging.getLogger("coordinator")
-
-EXIT_OK, EXIT_CONFIG, EXIT_SIGNAL = 0, 2, 130
 
 
 def export_main(argv: list[str]) -> int:
@@ -37,16 +36,16 @@ def export_main(argv: list[str]) -> int:
 
     if not (args.state_dir / "state.db").exists():
         print(f"fedtree-coordinator export: no state in {args.state_dir}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     try:  # read-only: safe against the state of a live coordinator, which it never changes
         with StateView.open(args.state_dir) as view:
             out = write_adapter(view, args.worker, args.to)
             last = view.last_closed
     except FedtreeError as exc:
         print(f"fedtree-coordinator export: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     print(f"wrote PEFT adapter of {args.worker} after round {last} to {out}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(CoordinatorConfig, args.config, COORDINATOR_ENV_PREFIX, overrides=overrides)
     except ConfigError as exc:
         print(f"fedtree-coordinator: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     configure_logging(config.log_level, config.log_json, name="coordinator")
 
     from coordinator.server import Coordinator  # heavy imports after the config is known good
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         coordinator = Coordinator(config)
     except ConfigError as exc:
         log.error("%s", exc)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     port = coordinator.start()
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait(config.linger_s)
             break
     coordinator.stop()
-    return EXIT_SIGNAL if signalled else EXIT_OK
+    return ExitCode.SIGNAL if signalled else ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from coordinator.engine import RoundEngine
 from coordinator.export import lambdas_in, write_adapter
+from coordinator.file_chunks import split_files
 from proto.fedtree.v1 import admin_pb2 as apb
 
-FILE_CHUNK = 1 << 20
 _STATES = {"lost": apb.WORKER_STATE_LOST, "evicted": apb.WORKER_STATE_EVICTED}
 
 
@@ -139,10 +139,8 @@ class AdminView:
             write_adapter(self.engine, worker_id, Path(tmp))
             files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
             blobs = [(p.relative_to(tmp).as_posix(), p.read_bytes()) for p in files]
-        for path, data in blobs:
-            total = max(1, -(-len(data) // FILE_CHUNK))
-            for i in range(total):
-                yield apb.FileChunk(path=path, index=i, total=total, data=data[i * FILE_CHUNK : (i + 1) * FILE_CHUNK])
+        for piece in split_files(blobs):  # each piece carries its file's sha256 (coordinator/file_chunks.py)
+            yield apb.FileChunk(path=piece.path, index=piece.index, total=piece.total, data=piece.data, sha256=piece.digest)
 
     # -- actions ---------------------------------------------------------------------------
     def evict(self, worker_id: str) -> None:

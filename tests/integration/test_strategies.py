@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_federation import TRAIN, _run_all, _worker
 
+from common.exit_codes import ExitCode
 from coordinator.strategies import STRATEGIES
-from worker.runner import EXIT_OK
 
 LABELS = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
 QUERY_A, QUERY_B = "attention.self.query.lora_A.weight", "attention.self.query.lora_B.weight"
@@ -19,7 +19,7 @@ def test_strategy_runs_two_rounds(strategy, coordinator_factory, tiny_model_dir,
     workers = [
         _worker(coord, tiny_model_dir, client_data(f"{strategy}{i}", LABELS[i]), tmp_path / f"o{i}", f"s{i}") for i in range(4)
     ]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
     engine = coord.engine
     assert engine.done and engine.last_closed == 2 and sorted(engine.store.evaluations()) == [1, 2]
     layers = [w.lm.layers() for w in workers]
@@ -53,7 +53,7 @@ def test_fedit_with_client_side_dp(coordinator_factory, tiny_model_dir, client_d
         strategy="fedit", rounds=2, min_workers=2, train=TRAIN, privacy={"clip_norm": 0.01, "noise_multiplier": 0.0}
     )
     workers = [_worker(coord, tiny_model_dir, client_data(f"dp{i}"), tmp_path / f"o{i}", f"dp{i}") for i in range(2)]
-    assert _run_all(workers) == [EXIT_OK] * 2
+    assert _run_all(workers) == [ExitCode.OK] * 2
     pushes = coord.engine.store.pushes(1)
     assert all(p["metrics"]["update_norm"] > 0.01 for p in pushes.values())  # the raw updates were larger ...
     # ... but each worker's clipped delta from the shared starting point has norm <= clip_norm,
