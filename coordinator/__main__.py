@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from common.config import COORDINATOR_ENV_PREFIX, CoordinatorConfig, load_config
-from common.errors import ConfigError
+from common.errors import ConfigError, FedtreeError
 from common.exit_codes import ExitCode
 from common.logging_setup import configure_logging
 
@@ -30,7 +30,6 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--to", type=Path, required=True)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
-    from common.errors import FedtreeError
     from coordinator.export import write_adapter
     from coordinator.state_view import StateView
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         coordinator = Coordinator(config)
-    except ConfigError as exc:
+    except FedtreeError as exc:  # a bad config, or a state directory it cannot resume from
         log.error("%s", exc)
         return ExitCode.CONFIG
     port = coordinator.start()
