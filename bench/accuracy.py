@@ -49,9 +49,10 @@ from bench.accuracy_presets import (  # noqa: E402
 from bench.accuracy_report import fmt_pct, plot, summarise, tables, write_report  # noqa: E402
 from bench.generation import PeakRss, write_federation  # noqa: E402
 from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from common.exit_codes import ExitCode  # noqa: E402
 from coordinator.server import Coordinator  # noqa: E402
 from worker.data.partition import partition_federation, write_partitions  # noqa: E402
-from worker.runner import EXIT_OK, Worker  # noqa: E402
+from worker.runner import Worker  # noqa: E402
 
 
 def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Path, knobs: Knobs | None = None) -> RunResult:
@@ -124,7 +125,7 @@ def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Pa
             t.join()
     seconds = time.monotonic() - start
     try:
-        bad = {w: c for w, c in codes.items() if c != EXIT_OK}
+        bad = {w: c for w, c in codes.items() if c != ExitCode.OK}
         if bad:
             raise RuntimeError(f"{method} seed {seed}: workers failed {bad}")
         store = coordinator.engine.store

@@ -32,11 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from common.exit_codes import ExitCode  # noqa: E402
 from common.schema import UploadSpec  # noqa: E402
 from coordinator.server import Coordinator  # noqa: E402
 from worker.client import Pulled  # noqa: E402
 from worker.data.partition import partition_federation, write_partitions  # noqa: E402
-from worker.runner import EXIT_OK, Worker  # noqa: E402
+from worker.runner import Worker  # noqa: E402
 
 TASKS = ("wordnet_pos", "bbc_news", "fortunes", "tweet_sentiment")
 ATTACKER = "client-7"
@@ -129,7 +130,7 @@ def run_case(case: Case, size: Size, workdir: Path, seed: int) -> dict[int, dict
     for t in threads:
         t.join()
     try:
-        if any(c != EXIT_OK for c in codes.values()):
+        if any(c != ExitCode.OK for c in codes.values()):
             raise RuntimeError(f"{case.name}: workers failed {codes}")
         evals = coordinator.engine.store.evaluations()
     finally:

@@ -101,8 +101,9 @@ def run_federation(
     model_path: Path | None = None,
 ) -> RunOutcome:
     """One fedtree run of `fed` through the real coordinator and real workers; returns its tree and dirs."""
+    from common.exit_codes import ExitCode
     from coordinator.server import Coordinator
-    from worker.runner import EXIT_OK, Worker
+    from worker.runner import Worker
 
     clients = planted_federation(
         fed.tasks,
@@ -168,7 +169,7 @@ def run_federation(
             t.start()
         for t in threads:
             t.join()
-        bad = {w: c for w, c in codes.items() if c != EXIT_OK}
+        bad = {w: c for w, c in codes.items() if c != ExitCode.OK}
         if bad:
             raise RuntimeError(f"{tag}: workers failed {bad}")
         meta = coordinator.engine.store.get("strategy_meta") or {}

@@ -124,3 +124,4 @@ class FilePiece:
     index: int
     total: int
     data: bytes
+    digest: bytes  # sha256 of the whole file (checked by the receiver, coordinator/file_chunks.py)

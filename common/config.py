@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from common.chunking import DEFAULT_CHUNK_SIZE
 from common.errors import ConfigError
+from common.retry import CALL_TIMEOUT_S, DEFAULT_LONG_POLL_S, RETRY_FOR_S, TRANSFER_TIMEOUT_S
 
 COORDINATOR_ENV_PREFIX = "FEDTREE_COORDINATOR__"
 WORKER_ENV_PREFIX = "FEDTREE_WORKER__"
@@ -225,7 +226,12 @@ class CoordinatorConfig(_Frozen):
         description="torch intra-op threads of the coordinator process; 0 = torch's default. 1 keeps the per-push "
         "tensor ops (validation, weighted sums) of concurrent requests off one contended OpenMP pool.",
     )
-    long_poll_s: float = Field(10.0, gt=0, description="Longest a GetTask call is held when there is nothing to do.")
+    long_poll_s: float = Field(
+        DEFAULT_LONG_POLL_S,
+        gt=0,
+        description="Longest a GetTask call is held when there is nothing to do (workers ask for task_wait_s, "
+        "same default; the shorter of the two wins).",
+    )
     worker_lost_after_s: float = Field(120.0, gt=0, description="A worker with no call for this long is 'lost'.")
     linger_s: float = Field(5.0, ge=0, description="After the last round, keep serving DONE this long, then exit.")
     log_level: str = Field("INFO", description="Logging level.")
@@ -264,7 +270,23 @@ class WorkerConfig(_Frozen):
     token: str | None = Field(None, description="The run's worker token, if the coordinator requires one.")
     tls: ClientTlsConfig | None = Field(None, description="TLS to the coordinator; None needs insecure: true.")
     insecure: bool = Field(False, description="Dial the coordinator in plaintext. Only for loopback demos and tests.")
-    connect_timeout_s: float = Field(600.0, gt=0, description="Give up when the coordinator stays unreachable this long.")
+    connect_timeout_s: float = Field(
+        RETRY_FOR_S,
+        gt=0,
+        description="Give up when the coordinator stays unreachable this long (retry policy: common/retry.py).",
+    )
+    call_timeout_s: float = Field(
+        CALL_TIMEOUT_S, gt=0, description="Deadline of one attempt of GetRun, Join or ReportMetrics (a heartbeat: its period)."
+    )
+    transfer_timeout_s: float = Field(
+        TRANSFER_TIMEOUT_S, gt=0, description="Deadline of one attempt of a pull or a push (a whole adapter streams in one call)."
+    )
+    task_wait_s: float = Field(
+        DEFAULT_LONG_POLL_S,
+        gt=0,
+        description="How long a GetTask asks the coordinator to hold it when there is no work; the coordinator "
+        "holds it at most its long_poll_s (same default). Its deadline adds a fixed slack (common/retry.py).",
+    )
     heartbeat_s: float = Field(10.0, gt=0, description="Heartbeat period, independent of training.")
     local_eval: bool = Field(
         True, description="Also evaluate right after local training, before aggregation (logged as local_* metrics)."

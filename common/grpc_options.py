@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 # Chunks are 1 MiB by default; a message never holds a whole model, so the default 4 MiB receive
 # limit stays as the guard against oversize messages. We allow a little headroom above it so a
 # user may configure chunks up to 4 MiB without touching this file.
@@ -14,23 +12,6 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 
-# Retry only UNAVAILABLE (coordinator restarting or not up yet), with backoff. Anything else is
-# an answer, not a transport failure, and retrying it would hide bugs or bad input.
-_RETRY_SERVICE_CONFIG = {
-    "methodConfig": [
-        {
-            "name": [{"service": "fedtree.v1.Federation", "method": m} for m in ("Join", "GetTask", "Heartbeat")],
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.2s",
-                "maxBackoff": "5s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
-
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -38,8 +19,11 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # No retryPolicy service config: the worker's one retry layer is its client loop, with the
+    # policy and the reasons in common/retry.py. What stays on is gRPC's transparent retry of a
+    # call that never left this process (the connection broke before it was written): it cannot
+    # run twice on the coordinator and is not a policy.
     ("grpc.enable_retries", 1),
-    ("grpc.service_config", json.dumps(_RETRY_SERVICE_CONFIG)),
 ]
 
 SERVER_OPTIONS: list[tuple[str, int | str]] = [

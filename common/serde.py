@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.admin_types import FilePiece, RoundView, StatusView, TreeView, WorkerView
-from common.chunking import BlobKey, ChunkData, Role
+from common.chunking import ChunkData
 from common.config import FedTreeConfig, GenerationConfig, LoraConfig, PrivacyConfig, RunConfig, TrainConfig
 from common.errors import InvalidArgument
 from common.schema import Schema, TensorSpec, UploadSpec
@@ -14,13 +14,6 @@ from proto.fedtree.v1 import admin_pb2 as apb
 from proto.fedtree.v1 import federation_pb2 as pb
 
 _PERSONAL_INIT: float = FedTreeConfig.model_fields["personal_init"].default  # travels as 0
-
-
-def _role(value: int) -> Role:
-    try:
-        return Role(value)
-    except ValueError:
-        raise InvalidArgument(f"unknown role value {value}") from None
 
 
 def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
@@ -34,11 +27,6 @@ def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
         blob_size=chunk.blob_size,
         data=bytes(chunk.data),
     )
-
-
-def chunk_from_proto(msg: pb.Chunk) -> ChunkData:
-    key = BlobKey(msg.round, msg.layer, _role(msg.role))
-    return ChunkData(key, msg.index, msg.total, msg.sha256, msg.blob_size, msg.data)
 
 
 def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
@@ -296,4 +284,25 @@ def rounds_to_proto(views: Sequence[RoundView]) -> apb.GetRoundsResponse:
 
 
 def file_piece_to_proto(piece: FilePiece) -> apb.FileChunk:
-    return apb.FileChunk(path=piece.path, index=piece.index, total=piece.total, data=piece.data)
+    return apb.FileChunk(path=piece.path, index=piece.index, total=piece.total, data=piece.data, sha256=piece.digest)
+
+
+# -- the worker's requests (worker/client.py sends them) ------------------------------------------
+def get_run_request(worker_id: str) -> pb.GetRunRequest:
+    return pb.GetRunRequest(worker_id=worker_id)
+
+
+def get_task_request(worker_id: str, wait_s: float) -> pb.GetTaskRequest:
+    return pb.GetTaskRequest(worker_id=worker_id, wait_seconds=wait_s)
+
+
+def pull_request(worker_id: str, round: int) -> pb.PullAdaptersRequest:
+    return pb.PullAdaptersRequest(worker_id=worker_id, round=round)
+
+
+def report_metrics_request(worker_id: str, round: int, metrics: dict[str, float]) -> pb.ReportMetricsRequest:
+    return pb.ReportMetricsRequest(worker_id=worker_id, round=round, metrics=metrics)
+
+
+def heartbeat_request(worker_id: str, activity: str) -> pb.HeartbeatRequest:
+    return pb.HeartbeatRequest(worker_id=worker_id, activity=activity)

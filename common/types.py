@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from common.schema import Schema, UploadSpec
+from common.version import PROTOCOL_VERSION
 
 
 class TaskKind(enum.IntEnum):
@@ -31,7 +32,7 @@ class JoinRequest:
     fingerprint: str
     num_train_examples: int
     schema: Schema
-    version: str = ""
+    version: str = PROTOCOL_VERSION  # of the wire protocol the worker speaks (common/version.py)
     layer_prefix: str = ""
 
 

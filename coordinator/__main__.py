@@ -13,40 +13,38 @@ import threading
 from pathlib import Path
 
 from common.config import COORDINATOR_ENV_PREFIX, CoordinatorConfig, load_config
-from common.errors import ConfigError
+from common.errors import ConfigError, FedtreeError
+from common.exit_codes import ExitCode
 from common.logging_setup import configure_logging
 
 log = logging.getLogger("coordinator")
 
-EXIT_OK, EXIT_CONFIG, EXIT_SIGNAL = 0, 2, 130
-
 
 def export_main(argv: list[str]) -> int:
     """`python -m coordinator export --state-dir DIR --worker ID --to OUT`: a worker's adapter as a
-    PEFT directory, from the coordinator's state (cluster/external experts and reported lambdas)."""
+    PEFT directory, from the coordinator's state (cluster/external experts and reported lambdas).
+    It only reads the state, so it is safe to run against a live coordinator's directory."""
     parser = argparse.ArgumentParser(prog="fedtree-coordinator export", description=export_main.__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--worker", required=True)
     parser.add_argument("--to", type=Path, required=True)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
-    from common.errors import FedtreeError
-    from coordinator.engine import RoundEngine
     from coordinator.export import write_adapter
-    from coordinator.state import StateStore
+    from coordinator.state_view import StateView
 
     if not (args.state_dir / "state.db").exists():
         print(f"fedtree-coordinator export: no state in {args.state_dir}", file=sys.stderr)
-        return EXIT_CONFIG
-    store = StateStore(args.state_dir)
-    config = CoordinatorConfig.model_validate({**store.get("config"), "state_dir": str(args.state_dir)})
-    try:
-        out = write_adapter(RoundEngine(config, store), args.worker, args.to)
+        return ExitCode.CONFIG
+    try:  # read-only: safe against the state of a live coordinator, which it never changes
+        with StateView.open(args.state_dir) as view:
+            out = write_adapter(view, args.worker, args.to)
+            last = view.last_closed
     except FedtreeError as exc:
         print(f"fedtree-coordinator export: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"wrote PEFT adapter of {args.worker} after round {store.last_closed_round()} to {out}")
-    return EXIT_OK
+        return ExitCode.CONFIG
+    print(f"wrote PEFT adapter of {args.worker} after round {last} to {out}")
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(CoordinatorConfig, args.config, COORDINATOR_ENV_PREFIX, overrides=overrides)
     except ConfigError as exc:
         print(f"fedtree-coordinator: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     configure_logging(config.log_level, config.log_json, name="coordinator")
 
     from coordinator.server import Coordinator  # heavy imports after the config is known good
@@ -76,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         coordinator = Coordinator(config)
-    except ConfigError as exc:
+    except FedtreeError as exc:  # a bad config, or a state directory it cannot resume from
         log.error("%s", exc)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     port = coordinator.start()
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             stop.wait(config.linger_s)
             break
     coordinator.stop()
-    return EXIT_SIGNAL if signalled else EXIT_OK
+    return ExitCode.SIGNAL if signalled else ExitCode.OK
 
 
 if __name__ == "__main__":

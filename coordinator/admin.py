@@ -29,8 +29,8 @@ from common.admin_types import (
 )
 from coordinator.engine import EngineSnapshot, RoundEngine
 from coordinator.export import lambdas_in, write_adapter
+from coordinator.file_chunks import split_files
 
-FILE_CHUNK = 1 << 20
 _STATES = {"lost": WorkerState.LOST, "evicted": WorkerState.EVICTED}
 
 
@@ -138,14 +138,6 @@ def round_views(rounds: list[dict[str, Any]], evaluations: dict[int, dict[str, d
     return tuple(out)
 
 
-def file_pieces(files: list[tuple[str, bytes]], piece_size: int = FILE_CHUNK) -> Iterator[FilePiece]:
-    """Files cut into pieces of at most `piece_size` bytes (an empty file is one empty piece)."""
-    for path, data in files:
-        total = max(1, -(-len(data) // piece_size))
-        for i in range(total):
-            yield FilePiece(path, i, total, data[i * piece_size : (i + 1) * piece_size])
-
-
 class AdminView:
     def __init__(self, engine: RoundEngine) -> None:
         self.engine = engine
@@ -170,7 +162,7 @@ class AdminView:
             write_adapter(self.engine, worker_id, Path(tmp))
             files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
             blobs = [(p.relative_to(tmp).as_posix(), p.read_bytes()) for p in files]
-        yield from file_pieces(blobs)
+        yield from split_files(blobs)  # each piece carries its file's sha256 (coordinator/file_chunks.py)
 
     # -- actions ---------------------------------------------------------------------------
     def evict(self, worker_id: str) -> None:

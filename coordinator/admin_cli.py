@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,21 @@ import grpc
 from google.protobuf.json_format import MessageToJson
 
 from common.config import ClientTlsConfig
+from common.errors import FedtreeError, InvalidArgument
+from common.exit_codes import ExitCode
 from common.grpc_options import CHANNEL_OPTIONS
 from common.tls import secure_channel
 from coordinator.auth import bearer
+from coordinator.file_chunks import FilePiece, receive_files
 from coordinator.tree import ClientTree, Merge
 from coordinator.tree.render import dendrogram
 from proto.fedtree.v1 import admin_pb2 as apb
 from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
 
 COMMANDS = ("status", "workers", "tree", "rounds", "export", "evict", "pause", "resume", "rebuild")
+# Deadlines of the operator's calls: one answer from memory, or one adapter written and streamed.
+CALL_TIMEOUT_S = 30.0
+EXPORT_TIMEOUT_S = 120.0
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -119,17 +125,25 @@ def render_rounds(r: apb.GetRoundsResponse) -> str:
     return _table(["round", "pushes", "duration", "bytes", *head], rows)
 
 
-def export(stub: apb_grpc.AdminStub, worker: str, to: Path, md: Any) -> str:
-    files: dict[str, list[bytes]] = {}
-    for chunk in stub.ExportAdapter(apb.ExportAdapterRequest(worker_id=worker), timeout=120, metadata=md):
-        files.setdefault(chunk.path, []).append(chunk.data)
+def save_files(chunks: Iterable[apb.FileChunk], to: Path) -> list[str]:
+    """Check a FileChunk stream (order, totals, sha256 per file) and write its files under `to`;
+    nothing is written unless the whole stream checks out. Returns the paths written."""
+    files = receive_files(FilePiece(c.path, c.index, c.total, c.data, c.sha256) for c in chunks)
+    root = to.resolve()
+    targets = {path: (to / path).resolve() for path in files}
+    for path, target in targets.items():
+        if root not in target.parents:
+            raise InvalidArgument(f"refusing to write outside {to}: {path}")
     to.mkdir(parents=True, exist_ok=True)
-    for path, parts in files.items():
-        target = (to / path).resolve()
-        if to.resolve() not in target.parents:
-            raise ValueError(f"refusing to write outside {to}: {path}")
-        target.write_bytes(b"".join(parts))
-    return f"wrote {', '.join(sorted(files))} for {worker} to {to}"
+    for path, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(files[path])
+    return sorted(files)
+
+
+def export(stub: apb_grpc.AdminStub, worker: str, to: Path, md: Any) -> str:
+    stream = stub.ExportAdapter(apb.ExportAdapterRequest(worker_id=worker), timeout=EXPORT_TIMEOUT_S, metadata=md)
+    return f"wrote {', '.join(save_files(stream, to))} for {worker} to {to}"
 
 
 def run(args: argparse.Namespace) -> str:
@@ -148,18 +162,18 @@ def run(args: argparse.Namespace) -> str:
         }
         if args.command in reads:
             call, request, render = reads[args.command]
-            reply = call(request, timeout=30, metadata=md)
+            reply = call(request, timeout=CALL_TIMEOUT_S, metadata=md)
             return MessageToJson(reply) if args.json else render(reply)
         if args.command == "export":
             return export(stub, args.worker, args.to, md)
         if args.command == "evict":
-            stub.EvictWorker(apb.EvictWorkerRequest(worker_id=args.worker), timeout=30, metadata=md)
+            stub.EvictWorker(apb.EvictWorkerRequest(worker_id=args.worker), timeout=CALL_TIMEOUT_S, metadata=md)
             return f"evicted {args.worker}"
         if args.command in ("pause", "resume"):
             call = stub.Pause if args.command == "pause" else stub.Resume
-            call(apb.PauseRequest() if args.command == "pause" else apb.ResumeRequest(), timeout=30, metadata=md)
+            call(apb.PauseRequest() if args.command == "pause" else apb.ResumeRequest(), timeout=CALL_TIMEOUT_S, metadata=md)
             return f"{args.command}d"
-        reply = stub.RebuildTree(apb.RebuildTreeRequest(), timeout=30, metadata=md)
+        reply = stub.RebuildTree(apb.RebuildTreeRequest(), timeout=CALL_TIMEOUT_S, metadata=md)
         return f"the tree will be rebuilt from the uploads of round {reply.round}"
 
 
@@ -186,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(run(args))
     except grpc.RpcError as exc:
         print(f"fedtree admin {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.ERROR
+    except FedtreeError as exc:  # e.g. an export stream that fails its checks
+        print(f"fedtree admin {args.command}: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

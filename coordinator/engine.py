@@ -30,7 +30,10 @@ from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from common.schema import HEAD_LAYER, Schema, UploadSpec, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
+from common.version import check_compatible
+from coordinator.spill import discard_spill
 from coordinator.state import StateStore
+from coordinator.state_view import restore_strategy
 from coordinator.strategies import Download, Strategy, create_strategy
 from coordinator.strategies.base import LayerTensors, PersonalAdapter, TreeView
 
@@ -110,19 +113,31 @@ class RoundEngine:
         self.fingerprint: str | None = store.get("fingerprint") or config.expected_fingerprint
         self.schema: Schema | None = store.get_schema()
         self.head_width: int | None = store.get("head_width")  # hidden + 1, fixed by the first head push
-        self.strategy: Strategy | None = None
         # uploads a strategy keeps whole for a round (the tree build) wait on disk, not in memory
         self.spill_dir = config.state_dir / "spill"
-        self.last_closed = store.last_closed_round()
-        store.put(run_id=self.run_id, config=self.config.model_dump(mode="json"))
+        # Reading only: whoever constructs an engine (a test, a coordinator about to serve) changes
+        # nothing in the state directory until resume() takes it over.
+        self.strategy: Strategy | None
+        self.last_closed, self.strategy = restore_strategy(store, self.run, self.schema, self.spill_dir)
+        self._resumed = False
         for worker_id, n in store.workers().items():
             self.workers[worker_id] = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
-        if self.schema is not None:
-            self.strategy = create_strategy(self.run, self.schema, self.spill_dir)
-            if self.last_closed:
-                self.strategy.restore(store.load_checkpoint(self.last_closed), store.get("strategy_meta"))
-            # Sums of an unclosed round died with the previous process: its pushes are re-requested.
-            dropped = store.discard_pushes(self.last_closed + 1)
+        self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
+        self.paused = bool(store.get("paused"))
+        for worker_id in store.get("evicted") or []:
+            if worker_id in self.workers:
+                self.workers[worker_id].activity = "evicted"
+
+    def resume(self) -> None:
+        """Take the state directory over for serving: the one start-up step that writes. Records
+        the run id and config, and forgets the pushes and spilled uploads of the round that was
+        open when the previous process died (their sums died with it: those pushes are
+        re-requested). Only the serving coordinator calls this; readers use StateView."""
+        with self._cond:
+            self.store.put(run_id=self.run_id, config=self.config.model_dump(mode="json"))
+            discard_spill(self.spill_dir)
+            dropped = self.store.discard_pushes(self.last_closed + 1)
+            self._resumed = True
             log.info(
                 "[Engine] resumed run %s after round %d (%d unclosed pushes of round %d will be re-requested)",
                 self.run_id,
@@ -130,11 +145,6 @@ class RoundEngine:
                 dropped,
                 self.last_closed + 1,
             )
-        self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
-        self.paused = bool(store.get("paused"))
-        for worker_id in store.get("evicted") or []:
-            if worker_id in self.workers:
-                self.workers[worker_id].activity = "evicted"
 
     # -- joins and liveness --------------------------------------------------------------------
     def join(self, req: JoinRequest, address: str = "") -> tuple[str, RunConfig, int]:
@@ -142,6 +152,7 @@ class RoundEngine:
             raise InvalidArgument("worker_id must not be empty")
         if not req.schema:
             raise InvalidArgument("join carries no adapter schema")
+        check_compatible(req.worker_id, req.version)
         with self._cond:
             if req.worker_id in self.workers and self.workers[req.worker_id].activity == "evicted":
                 raise PermissionDenied(f"worker {req.worker_id} was evicted by an operator")
@@ -241,6 +252,8 @@ class RoundEngine:
             self._open_next()
 
     def _open_next(self) -> None:
+        if not self._resumed:
+            raise RuntimeError("RoundEngine.resume() was not called: only a serving engine opens rounds")
         if self.strategy is None or self.paused:
             return
         live = {w: i.num_train_examples for w, i in self.workers.items() if i.activity not in ("lost", "evicted")}

@@ -77,6 +77,7 @@ class Coordinator:
         self.dashboard: DashboardServer | None = None
 
     def start(self) -> int:
+        self.engine.resume()  # the serving process, and only it, takes the state directory over
         self.server.start()
         self._ticker.start()
         for service in ("", FEDERATION_SERVICE, ADMIN_SERVICE):

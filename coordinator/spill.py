@@ -5,6 +5,10 @@ B matrices at once. `Uploads` keeps them in memory (tests, small runs) or, given
 spills each upload to its own safetensors file as it arrives and reads back one layer at a time
 (memory-mapped), so the coordinator's memory for a 400-worker tree build is one layer of every
 worker's B, not every worker's whole adapter.
+
+Constructing `Uploads` touches no file: a reader of a live coordinator's state must not delete the
+uploads its tree is about to be built from. The serving coordinator drops a dead process's spill
+explicitly with `discard_spill` when it resumes (RoundEngine.resume).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ Tensors = dict[str, torch.Tensor]
 LayerTensors = dict[int, Tensors]
 
 
+def discard_spill(spill_dir: Path) -> None:
+    """Delete the uploads a previous process spilled for a round that died with it (its pushes
+    are re-requested). Only the process that serves the state may call this."""
+    shutil.rmtree(spill_dir, ignore_errors=True)
+
+
 class Uploads:
     """worker -> (its whole update, its weight); on disk under `spill_dir` when given."""
 
@@ -29,8 +39,6 @@ class Uploads:
         self._weights: dict[str, float] = {}
         self._memory: dict[str, LayerTensors] = {}
         self._layers: dict[str, dict[int, list[str]]] = {}  # spilled: worker -> layer -> names
-        if spill_dir is not None:
-            shutil.rmtree(spill_dir, ignore_errors=True)  # a previous process's round died with it
 
     def _path(self, worker: str) -> Path:
         assert self.spill_dir is not None
@@ -79,4 +87,4 @@ class Uploads:
         self._memory.clear()
         self._layers.clear()
         if self.spill_dir is not None:
-            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            discard_spill(self.spill_dir)

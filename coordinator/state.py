@@ -4,6 +4,12 @@ Layout:
     state.db                         run facts, workers, pushes, evaluations, rounds
     checkpoints/round-00003.safetensors   strategy tensors after round 3 closed
 Every write is atomic: SQLite transactions for metadata; write + fsync + rename for files.
+
+Only the serving coordinator opens it writable. Export and any other offline inspection open it
+with `read_only=True`: SQLite in `mode=ro` (no schema creation, no pragmas that write; the WAL
+lets it read while a live coordinator writes), no directory created, and every write method
+refuses. SQLite may still create its `-wal`/`-shm` side files when none exist; state.db, the
+checkpoints and the spill directory are never touched.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.errors import FailedPrecondition, NotFound
 from common.schema import Schema, TensorSpec
 
 _SCHEMA_SQL = """
@@ -41,16 +48,6 @@ CREATE TABLE IF NOT EXISTS rounds (
 KEEP_CHECKPOINTS = 2
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -60,17 +57,30 @@ def _fsync_dir(path: Path) -> None:
 
 
 class StateStore:
-    """Thread-safe access to one state directory."""
+    """Thread-safe access to one state directory; `read_only` for anyone but the serving coordinator."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, read_only: bool = False) -> None:
         self.root = Path(root)
+        self.read_only = read_only
         self.checkpoints = self.root / "checkpoints"
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.root / "state.db", check_same_thread=False, isolation_level=None)
+        db = self.root / "state.db"
+        if read_only:
+            if not db.is_file():
+                raise NotFound(f"no coordinator state in {self.root} (no state.db)")
+            self._db = sqlite3.connect(
+                f"{db.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
+            return
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA_SQL)
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise FailedPrecondition(f"the state in {self.root} is open read-only: {what} refused")
 
     def close(self) -> None:
         with self._lock:
@@ -82,7 +92,16 @@ class StateStore:
             row = self._db.execute("SELECT value FROM run WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def get_many(self, *keys: str) -> dict[str, Any]:
+        """Several run facts read in one statement: one consistent snapshot, even while a live
+        coordinator closes a round (e.g. `last_closed_round` with its `strategy_meta`)."""
+        marks = ", ".join("?" * len(keys))
+        with self._lock:
+            rows = self._db.execute(f"SELECT key, value FROM run WHERE key IN ({marks})", keys).fetchall()  # noqa: S608
+        return {key: json.loads(value) for key, value in rows}
+
     def put(self, **values: Any) -> None:
+        self._writable("put")
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -104,6 +123,7 @@ class StateStore:
 
     # -- workers -----------------------------------------------------------------------------
     def upsert_worker(self, worker_id: str, num_train_examples: int) -> None:
+        self._writable("upsert_worker")
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -121,6 +141,7 @@ class StateStore:
     def record_push(
         self, round: int, worker_id: str, upload_id: str, num_examples: int, metrics: dict[str, float], nbytes: int
     ) -> None:
+        self._writable("record_push")
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -137,11 +158,13 @@ class StateStore:
 
     def discard_pushes(self, round: int) -> int:
         """Forget pushes of a round that was never closed (their sums died with the process)."""
+        self._writable("discard_pushes")
         with self._lock, self._db:
             self._db.execute("BEGIN")
             return self._db.execute("DELETE FROM pushes WHERE round = ?", (round,)).rowcount
 
     def record_evaluation(self, round: int, worker_id: str, metrics: dict[str, float]) -> None:
+        self._writable("record_evaluation")
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -163,6 +186,7 @@ class StateStore:
         self, round: int, started_at: float, participants: list[str], tensors: dict[str, torch.Tensor], extra: dict[str, Any]
     ) -> Path:
         """Checkpoint a closed round: tensors file first (atomic), then the metadata transaction."""
+        self._writable("close_round")
         path = self.checkpoints / f"round-{round:05d}.safetensors"
         tmp = path.with_name(path.name + ".tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"round": str(round)})
@@ -197,8 +221,15 @@ class StateStore:
         return int(self.get("last_closed_round") or 0)
 
     def load_checkpoint(self, round: int) -> dict[str, torch.Tensor]:
+        """The tensors checkpointed after `round`; empty when that checkpoint is not (or no longer) there."""
         path = self.checkpoints / f"round-{round:05d}.safetensors"
-        return load_file(str(path)) if path.exists() else {}
+        try:
+            return load_file(str(path))
+        except FileNotFoundError:  # rotated away (KEEP_CHECKPOINTS) or never written
+            return {}
+
+    def has_checkpoint(self, round: int) -> bool:
+        return (self.checkpoints / f"round-{round:05d}.safetensors").is_file()
 
     def rounds(self) -> list[dict[str, Any]]:
         with self._lock:

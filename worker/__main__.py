@@ -13,10 +13,10 @@ from pathlib import Path
 
 from common.config import WORKER_ENV_PREFIX, WorkerConfig, load_config
 from common.errors import ConfigError
+from common.exit_codes import ExitCode
 from common.logging_setup import configure_logging
 
 log = logging.getLogger("worker")
-EXIT_CONFIG = 2
 
 
 def export_main(argv: list[str]) -> int:
@@ -33,7 +33,7 @@ def export_main(argv: list[str]) -> int:
         state = load_checkpoint(args.output_dir)
     except FileNotFoundError as exc:
         log.error("%s", exc)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     out = export_adapter(
         state.lm,
         state.strategy,
@@ -44,7 +44,7 @@ def export_main(argv: list[str]) -> int:
         state.run.task,
     )
     print(f"wrote PEFT adapter of round {state.round} to {out}")
-    return 0
+    return ExitCode.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(WorkerConfig, args.config, WORKER_ENV_PREFIX, overrides=overrides)
     except ConfigError as exc:
         print(f"fedtree-worker: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     configure_logging(config.log_level, config.log_json, name=config.worker_id)
 
     from worker.runner import Worker  # heavy imports (torch, transformers) after the config is good
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = Worker(config)
     except ConfigError as exc:
         log.error("%s", exc)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after the current step", signum)

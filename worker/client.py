@@ -1,31 +1,31 @@
-"""The worker's gRPC client: retries with backoff + jitter, chunked pulls and pushes."""
+"""The worker's gRPC client: one retry layer (common/retry.py), named deadlines, chunked pulls and pushes."""
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-import grpc
 import torch
 
 from common import blobs, codec, serde, wire
 from common.chunking import BlobKey, Role, assemble_all, split
 from common.config import ClientTlsConfig, RunConfig
-from common.errors import Unavailable, from_rpc_error
 from common.grpc_options import CHANNEL_OPTIONS
+from common.retry import (
+    CALL_TIMEOUT_S,
+    DEFAULT_LONG_POLL_S,
+    GET_TASK_SLACK_S,
+    RETRY_FOR_S,
+    TRANSFER_TIMEOUT_S,
+    RetryPolicy,
+    call_with_retry,
+)
 from common.tls import secure_channel
 from common.types import JoinRequest, PushHeader, PushResult, Task
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Transport failures worth retrying: the coordinator is not up yet, restarting, or unreachable.
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 PULL_MAX_BLOB_BYTES = 1 << 30
 
 Tensors = dict[str, torch.Tensor]
@@ -37,8 +37,10 @@ class FederationClient:
         self,
         target: str,
         worker_id: str,
-        retry_for_s: float = 600.0,
-        rpc_timeout_s: float = 300.0,
+        retry_for_s: float = RETRY_FOR_S,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        transfer_timeout_s: float = TRANSFER_TIMEOUT_S,
+        task_wait_s: float = DEFAULT_LONG_POLL_S,
         token: str | None = None,
         tls: ClientTlsConfig | None = None,
         insecure: bool = False,
@@ -46,8 +48,10 @@ class FederationClient:
         self.target = target
         self.md = (("authorization", f"Bearer {token}"),) if token else None
         self.worker_id = worker_id
-        self.retry_for_s = retry_for_s
-        self.rpc_timeout_s = rpc_timeout_s
+        self.retry = RetryPolicy(retry_for_s=retry_for_s)
+        self.call_timeout_s = call_timeout_s
+        self.transfer_timeout_s = transfer_timeout_s
+        self.task_wait_s = task_wait_s
         self.channel = secure_channel(target, tls, insecure, CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.wire_dtype: str | None = None  # the run's, learnt in get_run()
@@ -63,30 +67,14 @@ class FederationClient:
         self.channel.close()
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run fn, retrying transport failures with exponential backoff and full jitter."""
-        give_up = time.monotonic() + self.retry_for_s
-        delay = 0.5
-        while True:
-            try:
-                return fn()
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                if code not in RETRYABLE:
-                    raise from_rpc_error(exc) from None
-                if time.monotonic() + delay > give_up:
-                    raise Unavailable(
-                        f"coordinator {self.target} unreachable for {self.retry_for_s:.0f} s during {what}: {exc.details()}"
-                    ) from None
-                sleep = random.uniform(0, delay)
-                log.warning("[Worker.%s] %s: %s; retrying in %.1f s", what, code.name if code else "?", exc.details(), sleep)
-                time.sleep(sleep)
-                delay = min(delay * 2, 30.0)
+        """One call, retried as common/retry.py says (the only retry layer)."""
+        return call_with_retry(fn, what, self.target, self.retry)
 
     def get_run(self) -> tuple[str, RunConfig]:
         resp = self._call(
             "GetRun",
             lambda: self.stub.GetRun(
-                pb.GetRunRequest(worker_id=self.worker_id), timeout=30, wait_for_ready=True, metadata=self.md
+                serde.get_run_request(self.worker_id), timeout=self.call_timeout_s, wait_for_ready=True, metadata=self.md
             ),
         )
         run_id, run = serde.run_from_proto(resp.run)
@@ -95,23 +83,26 @@ class FederationClient:
 
     def join(self, req: JoinRequest) -> int:
         resp = self._call(
-            "Join", lambda: self.stub.Join(serde.join_to_proto(req), timeout=30, wait_for_ready=True, metadata=self.md)
+            "Join",
+            lambda: self.stub.Join(serde.join_to_proto(req), timeout=self.call_timeout_s, wait_for_ready=True, metadata=self.md),
         )
         return resp.current_round
 
-    def get_task(self, wait_s: float = 10.0) -> Task:
-        req = pb.GetTaskRequest(worker_id=self.worker_id, wait_seconds=wait_s)
+    def get_task(self, wait_s: float | None = None) -> Task:
+        """Long-poll for the next task: the coordinator holds the call up to `wait_s` (default
+        `task_wait_s`, capped by its long_poll_s) when there is nothing to do."""
+        wait = self.task_wait_s if wait_s is None else wait_s
+        req = serde.get_task_request(self.worker_id, wait)
+        timeout = wait + GET_TASK_SLACK_S
         return serde.task_from_proto(
-            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=wait_s + 10, wait_for_ready=True, metadata=self.md))
+            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=timeout, wait_for_ready=True, metadata=self.md))
         )
 
     def pull(self, round: int) -> Pulled:
         """Stream this round's adapters; returns layer -> role -> tensors."""
 
         def fetch() -> Pulled:
-            stream = self._pull_raw(
-                pb.PullAdaptersRequest(worker_id=self.worker_id, round=round), timeout=self.rpc_timeout_s, metadata=self.md
-            )
+            stream = self._pull_raw(serde.pull_request(self.worker_id, round), timeout=self.transfer_timeout_s, metadata=self.md)
             out: Pulled = {}
             chunks = (wire.decode_chunk(c) for c in stream)
             for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):
@@ -132,13 +123,18 @@ class FederationClient:
                 for chunk in split(blob, BlobKey(header.round, layer, Role.UPDATE), chunk_size):
                     yield wire.encode_push_chunk(chunk)
 
-        resp = self._call("PushUpdate", lambda: self._push_raw(requests(), timeout=self.rpc_timeout_s, metadata=self.md))
+        resp = self._call("PushUpdate", lambda: self._push_raw(requests(), timeout=self.transfer_timeout_s, metadata=self.md))
         return serde.push_result_from_proto(resp)
 
     def report_metrics(self, round: int, metrics: dict[str, float]) -> None:
-        req = pb.ReportMetricsRequest(worker_id=self.worker_id, round=round, metrics=metrics)
-        self._call("ReportMetrics", lambda: self.stub.ReportMetrics(req, timeout=30, wait_for_ready=True, metadata=self.md))
+        req = serde.report_metrics_request(self.worker_id, round, metrics)
+        self._call(
+            "ReportMetrics",
+            lambda: self.stub.ReportMetrics(req, timeout=self.call_timeout_s, wait_for_ready=True, metadata=self.md),
+        )
 
-    def heartbeat(self, activity: str) -> int:
-        req = pb.HeartbeatRequest(worker_id=self.worker_id, activity=activity)
-        return self.stub.Heartbeat(req, timeout=10, metadata=self.md).current_round
+    def heartbeat(self, activity: str, timeout_s: float) -> int:
+        """Best effort: one attempt, no retry, no waiting for the channel (the next beat follows a
+        period later); `timeout_s` should not exceed that period."""
+        req = serde.heartbeat_request(self.worker_id, activity)
+        return self.stub.Heartbeat(req, timeout=min(timeout_s, self.call_timeout_s), metadata=self.md).current_round

@@ -15,8 +15,10 @@ import torch
 from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
 from common.errors import ConfigError, FailedPrecondition, FedtreeError, InvalidArgument
+from common.exit_codes import ExitCode
 from common.schema import HEAD_LAYER, UploadSpec, schema_of, validate_head, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
+from common.version import PROTOCOL_VERSION
 from worker.causal import evaluate_causal, train_causal
 from worker.checkpoint import resume, save_checkpoint
 from worker.client import FederationClient, Pulled
@@ -29,11 +31,9 @@ from worker.train import evaluate, train_local
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-
 
 class Worker:
-    """One federation participant. `run()` returns an exit code."""
+    """One federation participant. `run_forever()` returns an exit code."""
 
     def __init__(self, config: WorkerConfig, client: FederationClient | None = None) -> None:
         self.config = config
@@ -42,6 +42,9 @@ class Worker:
             config.coordinator,
             config.worker_id,
             retry_for_s=config.connect_timeout_s,
+            call_timeout_s=config.call_timeout_s,
+            transfer_timeout_s=config.transfer_timeout_s,
+            task_wait_s=config.task_wait_s,
             token=config.token,
             tls=config.tls,
             insecure=config.insecure,
@@ -75,7 +78,9 @@ class Worker:
         if last is not None:
             log.info("[Worker] resumed local state (adapter, head, %s state) from round %d", run.strategy, last)
         current = self.client.join(
-            JoinRequest(self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, "0.1.0", self.lm.prefix)
+            JoinRequest(
+                self.config.worker_id, self.lm.fingerprint, len(self.data.train), schema, PROTOCOL_VERSION, self.lm.prefix
+            )
         )
         log.info(
             "[Worker] %s joined run %s (strategy %s, round %d): %d train / %d val examples, %d labels, %d LoRA layers",
@@ -90,16 +95,16 @@ class Worker:
         )
 
     # -- main loop -----------------------------------------------------------------------------
-    def run_forever(self) -> int:
+    def run_forever(self) -> ExitCode:
         try:
             self.setup()
             heart = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
             heart.start()
             while not self._stop.is_set():
-                task = self.client.get_task(wait_s=10.0)
+                task = self.client.get_task()
                 if task.kind == TaskKind.DONE:
                     log.info("[Worker] run complete; personalised adapter in %s", self.out / "adapter")
-                    return EXIT_OK
+                    return ExitCode.OK
                 if task.kind == TaskKind.WAIT:
                     self.activity = "idle"
                     continue
@@ -107,22 +112,22 @@ class Worker:
                     self.handle(task)
                 except FailedPrecondition as exc:  # e.g. the round closed while we trained: move on
                     log.warning("[Worker] round %d: %s", task.round, exc)
-            return EXIT_OK
+            return ExitCode.OK
         except InvalidArgument as exc:
             log.error("[Worker] the coordinator rejected our data: %s", exc)
-            return EXIT_REJECTED
+            return ExitCode.REJECTED
         except ConfigError as exc:
             log.error("[Worker] %s", exc)
-            return EXIT_CONFIG
+            return ExitCode.CONFIG
         except FailedPrecondition as exc:
             log.error("[Worker] refused: %s", exc)
-            return EXIT_REJECTED
+            return ExitCode.REJECTED
         except FedtreeError as exc:
             log.error("[Worker] %s", exc)
-            return EXIT_UNREACHABLE
+            return ExitCode.UNREACHABLE
         except Exception:  # noqa: BLE001 - entry point of the worker: log, return a code
             log.exception("[Worker] crashed")
-            return EXIT_ERROR
+            return ExitCode.ERROR
         finally:
             self._stop.set()
             self.client.close()
@@ -275,7 +280,7 @@ class Worker:
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.config.heartbeat_s):
             try:
-                self.client.heartbeat(self.activity)
+                self.client.heartbeat(self.activity, timeout_s=self.config.heartbeat_s)
             except Exception as exc:  # noqa: BLE001 - heartbeats are best effort
                 log.debug("[Worker] heartbeat failed: %s", exc)
 

@@ -16,6 +16,7 @@ from test_federation import TRAIN, _run_all, _worker
 
 from common import serde
 from common.config import CoordinatorConfig, RunConfig
+from common.exit_codes import ExitCode
 from common.schema import TensorSpec
 from common.types import JoinRequest
 from coordinator.auth import bearer
@@ -24,7 +25,6 @@ from proto.fedtree.v1 import admin_pb2 as apb
 from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
-from worker.runner import EXIT_OK
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN, WORKER = "admin-secret", "worker-secret"
@@ -65,7 +65,7 @@ def finished(tmp_path_factory, tiny_model_dir):  # type: ignore[no-untyped-def]
         )
         for i in range(3)
     ]
-    assert _run_all(workers) == [EXIT_OK] * 3
+    assert _run_all(workers) == [ExitCode.OK] * 3
     channel = grpc.insecure_channel(f"127.0.0.1:{coord.port}")
     yield coord, apb_grpc.AdminStub(channel)
     channel.close()

@@ -8,8 +8,8 @@ import torch
 from test_federation import _run_all, _worker
 from tinyllama import write_prompt_data
 
+from common.exit_codes import ExitCode
 from coordinator.strategies import STRATEGIES
-from worker.runner import EXIT_OK
 
 TRAIN = {"local_steps": 2, "batch_size": 4, "max_seq_length": 24, "learning_rate": 3e-2}
 GENERATION = {"max_new_tokens": 4, "num_beams": 1}
@@ -28,7 +28,7 @@ def test_causal_lm_federation_two_rounds(strategy, coordinator_factory, tiny_lla
     )
     data = [write_prompt_data(tmp_path / f"d{i}", n_train=8, n_val=4, seed=i, reverse=i >= 2) for i in range(4)]
     workers = [_worker(coord, tiny_llama_dir, data[i], tmp_path / f"o{i}", f"g{i}") for i in range(4)]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
 
     engine = coord.engine
     assert engine.done and engine.last_closed == 2

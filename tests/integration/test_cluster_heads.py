@@ -15,6 +15,7 @@ from test_federation import TRAIN, _run_all, _worker
 
 from common import codec, serde
 from common.chunking import BlobKey, ChunkData, Role, split
+from common.exit_codes import ExitCode
 from common.grpc_options import CHANNEL_OPTIONS
 from common.schema import HEAD_LAYER, UploadSpec, schema_of
 from common.types import JoinRequest, PushHeader
@@ -22,7 +23,7 @@ from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 from worker.checkpoint import load_checkpoint
 from worker.model import head_rows
-from worker.runner import EXIT_OK, Worker
+from worker.runner import Worker
 
 CLUSTER = {**TRAIN, "head_mode": "cluster"}
 
@@ -72,7 +73,7 @@ def test_fedit_cluster_heads_share_rows_per_label(coordinator_factory, tiny_mode
     ]
     workers = [_worker(coord, tiny_model_dir, d, tmp_path / f"o{i}", f"h{i}") for i, d in enumerate(data)]
     pushed = [_record_head_pushes(w) for w in workers]
-    assert _run_all(workers) == [EXIT_OK] * 3
+    assert _run_all(workers) == [ExitCode.OK] * 3
     engine = coord.engine
     assert engine.done and engine.last_closed == 2 and engine.head_width == 33  # hidden 32 + bias
     assert all(sorted(p) == [1, 2] for p in pushed), "every round pushes the head"
@@ -107,7 +108,7 @@ def test_fedtree_cluster_heads_shared_inside_the_deepest_cluster(coordinator_fac
     labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
     workers = [_worker(coord, tiny_model_dir, client_data(f"t{i}", labels[i]), tmp_path / f"o{i}", f"t{i}") for i in range(4)]
     pushed = [_record_head_pushes(w) for w in workers]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
     engine = coord.engine
     assert engine.done and engine.last_closed == 3
     assert all(sorted(p) == [2, 3] for p in pushed), "no head push during warmup (round 1 builds the tree)"
@@ -221,7 +222,7 @@ def test_client_side_dp_clips_the_head_rows_with_the_adapter(coordinator_factory
         strategy="fedit", rounds=1, min_workers=2, train=CLUSTER, privacy={"clip_norm": clip, "noise_multiplier": 0.0}
     )
     workers = [_worker(coord, tiny_model_dir, client_data(f"d{i}"), tmp_path / f"o{i}", f"d{i}") for i in range(2)]
-    assert _run_all(workers) == [EXIT_OK] * 2
+    assert _run_all(workers) == [ExitCode.OK] * 2
     run = coord.engine.run
     keys = workers[0].data.label_keys
     start = head_rows(build_model(tiny_model_dir, keys, run.lora, run.seed, True), keys)  # the seeded rows, shared

@@ -14,9 +14,9 @@ from test_federation import TRAIN, _run_all, _worker
 from testdata import write_client_data
 
 from common.config import CoordinatorConfig, RunConfig
+from common.exit_codes import ExitCode
 from coordinator.metrics import PUSH_LATENCY
 from coordinator.server import Coordinator
-from worker.runner import EXIT_OK
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -70,7 +70,7 @@ def finished_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
             _worker(coord, tiny_model_dir, write_client_data(tmp / "data" / w, labels, seed=i), tmp / f"out-{w}", w)
             for i, (w, labels) in enumerate(WORKERS.items())
         ]
-        assert _run_all(workers) == [EXIT_OK] * len(WORKERS)
+        assert _run_all(workers) == [ExitCode.OK] * len(WORKERS)
         assert coord.engine.done and coord.engine.last_closed == ROUNDS
         yield coord, base
     finally:

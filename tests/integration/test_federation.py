@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from common.config import DataConfig, WorkerConfig
-from worker.runner import EXIT_OK, Worker
+from common.exit_codes import ExitCode
+from worker.runner import Worker
 
 
 def _worker(coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, worker_id: str, token: str | None = None) -> Worker:
@@ -52,7 +53,7 @@ def test_fedit_two_workers_two_rounds(coordinator_factory, tiny_model_dir, clien
         _worker(coord, tiny_model_dir, client_data(f"w{i}", labels), tmp_path / f"out{i}", f"w{i}")
         for i, labels in enumerate([("sports", "tech"), ("food", "sports", "tech")])
     ]
-    assert _run_all(workers) == [EXIT_OK, EXIT_OK]
+    assert _run_all(workers) == [ExitCode.OK, ExitCode.OK]
 
     engine = coord.engine
     assert engine.done and engine.last_closed == 2
@@ -78,7 +79,7 @@ def test_fedit_two_workers_two_rounds(coordinator_factory, tiny_model_dir, clien
 def test_local_strategy_shares_nothing(coordinator_factory, tiny_model_dir, client_data, tmp_path):
     coord = coordinator_factory(strategy="local", rounds=1, train=TRAIN)
     workers = [_worker(coord, tiny_model_dir, client_data(f"l{i}"), tmp_path / f"o{i}", f"l{i}") for i in range(2)]
-    assert _run_all(workers) == [EXIT_OK, EXIT_OK]
+    assert _run_all(workers) == [ExitCode.OK, ExitCode.OK]
     assert coord.engine.store.rounds()[0]["bytes"] == 0
     a, b = (w.lm.layers()[0]["attention.self.query.lora_B.weight"] for w in workers)
     assert not torch.equal(a, b), "local workers must keep their own adapters"

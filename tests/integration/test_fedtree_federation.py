@@ -7,9 +7,9 @@ from peft import PeftModel
 from test_federation import TRAIN, _run_all, _worker
 from transformers import AutoModelForSequenceClassification
 
+from common.exit_codes import ExitCode
 from coordinator.engine import RoundEngine
 from coordinator.state import StateStore
-from worker.runner import EXIT_OK
 
 FEDTREE = {"warmup_rounds": 2, "tau": -1.0}  # tau=-1: split wherever the silhouette is positive
 
@@ -18,7 +18,7 @@ def test_fedtree_four_workers(coordinator_factory, tiny_model_dir, client_data, 
     coord = coordinator_factory(strategy="fedtree", rounds=4, min_workers=4, train=TRAIN, fedtree=FEDTREE)
     labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
     workers = [_worker(coord, tiny_model_dir, client_data(f"t{i}", labels[i]), tmp_path / f"o{i}", f"t{i}") for i in range(4)]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
     engine = coord.engine
     strategy = engine.strategy
     assert engine.done and strategy.tree is not None and strategy.built_round == 2
@@ -67,7 +67,7 @@ def test_exports_from_worker_checkpoint_and_coordinator_state(coordinator_factor
     coord = coordinator_factory(strategy="fedtree", rounds=3, min_workers=4, train=TRAIN, fedtree=FEDTREE)
     labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
     workers = [_worker(coord, tiny_model_dir, client_data(f"e{i}", labels[i]), tmp_path / f"o{i}", f"e{i}") for i in range(4)]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
     state_dir = coord.config.state_dir
     coord.stop(grace=0.1)
 

@@ -7,10 +7,10 @@ from peft import PeftModel
 from test_federation import TRAIN, _run_all, _worker
 from transformers import AutoModelForSequenceClassification
 
+from common.exit_codes import ExitCode
 from worker.checkpoint import resume
 from worker.model import build_model
 from worker.personal import PersonalExperts
-from worker.runner import EXIT_OK
 from worker.strategies import create_worker_strategy
 
 FEDTREE = {"warmup_rounds": 2, "tau": -1.0, "personal": True, "personal_init": 0.25}
@@ -20,7 +20,7 @@ def test_fedtree_with_personal_expert(coordinator_factory, tiny_model_dir, clien
     coord = coordinator_factory(strategy="fedtree", rounds=4, min_workers=4, train=TRAIN, fedtree=FEDTREE)
     labels = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
     workers = [_worker(coord, tiny_model_dir, client_data(f"p{i}", labels[i]), tmp_path / f"o{i}", f"p{i}") for i in range(4)]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
     engine = coord.engine
     assert engine.done and engine.strategy.built_round == 2
     layers = sorted(workers[0].lm.params)

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 from test_federation import TRAIN, _run_all, _worker
 
+from common.exit_codes import ExitCode
 from coordinator.strategies import STRATEGIES
 from worker.checkpoint import load_checkpoint
 from worker.fedalt import MIXERS_FILE
-from worker.runner import EXIT_OK
 from worker.strategies import WORKER_STRATEGIES
 
 LABELS = [("sports", "tech"), ("sports", "tech"), ("food", "tech"), ("food", "tech")]
@@ -70,7 +70,7 @@ def test_strategy_runs_two_rounds(strategy, coordinator_factory, tiny_model_dir,
     workers = [
         _worker(coord, tiny_model_dir, client_data(f"{strategy}{i}", LABELS[i]), tmp_path / f"o{i}", f"s{i}") for i in range(4)
     ]
-    assert _run_all(workers) == [EXIT_OK] * 4
+    assert _run_all(workers) == [ExitCode.OK] * 4
     engine = coord.engine
     assert engine.done and engine.last_closed == 2 and sorted(engine.store.evaluations()) == [1, 2]
     layers = [w.lm.layers() for w in workers]
@@ -117,7 +117,7 @@ def test_the_readme_example_strategy_runs(monkeypatch, coordinator_factory, tiny
     monkeypatch.setitem(WORKER_STRATEGIES, FedAvgB.name, FedAvgBWorker)
     coord = coordinator_factory(strategy="fedavg-b", rounds=2, min_workers=2, train=TRAIN)
     workers = [_worker(coord, tiny_model_dir, client_data(f"b{i}", LABELS[2 * i]), tmp_path / f"o{i}", f"b{i}") for i in range(2)]
-    assert _run_all(workers) == [EXIT_OK] * 2
+    assert _run_all(workers) == [ExitCode.OK] * 2
     engine = coord.engine
     assert engine.done and isinstance(engine.strategy, FedAvgB)
     mean = engine.strategy.global_adapter[LAYER]
@@ -133,7 +133,7 @@ def test_fedit_with_client_side_dp(coordinator_factory, tiny_model_dir, client_d
         strategy="fedit", rounds=2, min_workers=2, train=TRAIN, privacy={"clip_norm": 0.01, "noise_multiplier": 0.0}
     )
     workers = [_worker(coord, tiny_model_dir, client_data(f"dp{i}"), tmp_path / f"o{i}", f"dp{i}") for i in range(2)]
-    assert _run_all(workers) == [EXIT_OK] * 2
+    assert _run_all(workers) == [ExitCode.OK] * 2
     pushes = coord.engine.store.pushes(1)
     assert all(p["metrics"]["update_norm"] > 0.01 for p in pushes.values())  # the raw updates were larger ...
     # ... but each worker's clipped delta from the shared starting point has norm <= clip_norm,

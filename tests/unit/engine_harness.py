@@ -39,11 +39,13 @@ class Harness:
         self.clock = Clock()
         self.store = StateStore(tmp_path)
         self.engine = RoundEngine(config(tmp_path), self.store, clock=lambda: self.clock.now)
+        self.engine.resume()
 
     def restart(self) -> RoundEngine:
         self.store.close()
         self.store = StateStore(self.tmp_path)
         self.engine = RoundEngine(config(self.tmp_path), self.store, clock=lambda: self.clock.now)
+        self.engine.resume()  # what a restarted coordinator does before it serves
         return self.engine
 
     def join(self, worker: str, fingerprint: str = FP, schema: dict = SCHEMA, n: int = 10) -> tuple[str, RunConfig, int]:

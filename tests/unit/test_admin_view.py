@@ -21,7 +21,7 @@ from common.admin_types import (
     WorkerView,
 )
 from common.config import RunConfig
-from coordinator.admin import file_pieces, phase, round_views, status_view, tree_view, worker_views
+from coordinator.admin import phase, round_views, status_view, tree_view, worker_views
 from coordinator.engine import EngineSnapshot, RoundInfo, WorkerInfo
 from coordinator.strategies.base import TreeView as StrategyTreeView
 from coordinator.tree import ClientTree, Merge
@@ -155,16 +155,6 @@ def test_round_views_average_each_metric_over_the_workers_that_reported_it() -> 
     assert round_views(rounds, {})[0].mean_metrics == {}
 
 
-def test_file_pieces() -> None:
-    pieces = list(file_pieces([("a.json", b"12345"), ("empty", b"")], piece_size=2))
-    assert pieces == [
-        FilePiece("a.json", 0, 3, b"12"),
-        FilePiece("a.json", 1, 3, b"34"),
-        FilePiece("a.json", 2, 3, b"5"),
-        FilePiece("empty", 0, 1, b""),
-    ]
-
-
 # -- encoding: common/serde.py --------------------------------------------------------------------
 
 
@@ -248,7 +238,9 @@ def test_workers_status_rounds_and_file_pieces_to_proto() -> None:
             )
         ]
     )
-    assert serde.file_piece_to_proto(FilePiece("p", 1, 2, b"x")) == apb.FileChunk(path="p", index=1, total=2, data=b"x")
+    assert serde.file_piece_to_proto(FilePiece("p", 1, 2, b"x", b"d" * 32)) == apb.FileChunk(
+        path="p", index=1, total=2, data=b"x", sha256=b"d" * 32
+    )
 
 
 def test_status_json_golden() -> None:

@@ -18,6 +18,7 @@ from coordinator.state import StateStore
 def test_personal_expert_runs_export_from_the_worker(tmp_path: Path) -> None:
     run = RunConfig.model_validate({"strategy": "fedtree", "rounds": 3, "fedtree": {"warmup_rounds": 1, "personal": True}})
     engine = RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), StateStore(tmp_path))
+    engine.resume()
     engine.join(JoinRequest("w0", FP, 10, SCHEMA))
     with pytest.raises(FailedPrecondition, match="personal expert"):
         worker_layers(engine, "w0")
@@ -32,6 +33,7 @@ def test_fedalt_export_is_a_clear_failed_precondition_not_an_internal_error(tmp_
 
     run = RunConfig.model_validate({"strategy": "fedalt", "rounds": 2, "min_workers": 2})
     engine = RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), StateStore(tmp_path))
+    engine.resume()
     for worker in ("w0", "w1"):
         engine.join(JoinRequest(worker, FP, 10, SCHEMA))
     for i, worker in enumerate(("w0", "w1")):

@@ -90,6 +90,7 @@ def test_join_with_expected_fingerprint_from_config(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     try:
         engine = RoundEngine(cfg, store, clock=lambda: T0)
+        engine.resume()
         with pytest.raises(FailedPrecondition):
             engine.join(JoinRequest("A", FP, 1, SCHEMA))
         assert engine.schema is None

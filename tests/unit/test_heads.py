@@ -250,7 +250,9 @@ def test_receiver_checks_the_head_blob() -> None:
 
 def _engine(tmp_path: Path, store: StateStore | None = None) -> RoundEngine:
     run = RunConfig(strategy="fedit", rounds=3, min_workers=2, train=CLUSTER)
-    return RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), store or StateStore(tmp_path))
+    engine = RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), store or StateStore(tmp_path))
+    engine.resume()
+    return engine
 
 
 def _admit(engine: RoundEngine, header: PushHeader) -> PushTicket:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.spill import Uploads
+from coordinator.spill import Uploads, discard_spill
 
 
 def update(value: float) -> dict[int, dict[str, torch.Tensor]]:
@@ -33,8 +33,12 @@ def test_put_and_read_back_layer_by_layer(tmp_path: Path, spill: bool) -> None:
     assert len(uploads) == 0 and not (tmp_path / "spill").exists()
 
 
-def test_a_new_process_drops_a_dead_rounds_spill(tmp_path: Path) -> None:
+def test_constructing_uploads_touches_no_file_discard_spill_drops_a_dead_round(tmp_path: Path) -> None:
     first = Uploads(tmp_path / "spill")
     first.put("w0", update(1.0), 1.0)
-    Uploads(tmp_path / "spill")  # restarted coordinator: that round's sums died, its pushes are re-requested
+    spilled = sorted((tmp_path / "spill").iterdir())
+    Uploads(tmp_path / "spill")  # a reader (export) or a coordinator not yet serving: nothing is deleted
+    assert sorted((tmp_path / "spill").iterdir()) == spilled
+    discard_spill(tmp_path / "spill")  # the serving coordinator's resume: that round's pushes are re-requested
     assert not (tmp_path / "spill").exists()
+    discard_spill(tmp_path / "spill")  # nothing there: fine

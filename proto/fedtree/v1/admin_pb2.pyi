@@ -550,7 +550,9 @@ Global___ExportAdapterRequest: _TypeAlias = ExportAdapterRequest  # noqa: Y015
 
 @_typing.final
 class FileChunk(_message.Message):
-    """A piece of one file of a PEFT adapter directory."""
+    """A piece of one file of a PEFT adapter directory. A file's chunks arrive together, in index
+    order; the receiver checks order, total and the file's sha256 (as for adapter chunks).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -558,11 +560,14 @@ class FileChunk(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """relative path inside the adapter directory"""
     index: _builtins.int
     total: _builtins.int
     data: _builtins.bytes
+    sha256: _builtins.bytes
+    """of the whole file, repeated on every chunk of it"""
     def __init__(
         self,
         *,
@@ -570,10 +575,11 @@ class FileChunk(_message.Message):
         index: _builtins.int = ...,
         total: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "path", b"path", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "path", b"path", "sha256", b"sha256", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

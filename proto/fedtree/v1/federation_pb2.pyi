@@ -440,6 +440,9 @@ class JoinRequest(_message.Message):
     """sha256 over the base model's weights and config, the LoRA config and the seeded LoRA init."""
     num_train_examples: _builtins.int
     version: _builtins.str
+    """The wire protocol version the worker speaks, MAJOR.MINOR (common/version.py); a coordinator
+    refuses a worker of another MAJOR with FAILED_PRECONDITION.
+    """
     layer_prefix: _builtins.str
     """peft's saved-key prefix of the transformer blocks, e.g. "base_model.model.bert.encoder.layer.",
     so the coordinator can write a PEFT adapter for this worker.
