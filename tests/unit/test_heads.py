@@ -354,10 +354,13 @@ def _worker_with_model(tiny_model_dir: Path, data_dir: Path, out: Path, head_mod
     from common.config import DataConfig, LoraConfig, WorkerConfig
     from worker.model import build_model
     from worker.runner import Worker
+    from worker.strategies import create_worker_strategy
 
     worker = Worker(WorkerConfig(worker_id="w", data=DataConfig(dir=data_dir), output_dir=out), client=object())  # type: ignore[arg-type]
     worker.run = RunConfig(train=TrainConfig(head_mode=head_mode), lora=LoraConfig(rank=2))  # type: ignore[arg-type]
     worker.lm = build_model(tiny_model_dir, worker.data.label_keys, worker.run.lora, 0, True)
+    worker.strategy = create_worker_strategy(worker.run)
+    worker.strategy.prepare(worker.lm)
     return worker
 
 
