@@ -21,6 +21,7 @@ from common.errors import ConfigError
 
 COORDINATOR_ENV_PREFIX = "FEDTREE_COORDINATOR__"
 WORKER_ENV_PREFIX = "FEDTREE_WORKER__"
+ADMIN_ENV_PREFIX = "FEDTREE_ADMIN__"
 
 
 class _Frozen(BaseModel):
@@ -189,6 +190,19 @@ class ClientTlsConfig(_Frozen):
     cert: Path | None = Field(None, description="PEM client certificate (common name = worker id) for mutual TLS.")
     key: Path | None = Field(None, description="PEM private key of the client certificate.")
     server_name: str | None = Field(None, description="Expected name in the coordinator's certificate, if not the host dialled.")
+
+
+class AdminClientConfig(_Frozen):
+    """How `fedtree admin` reaches a coordinator, so an operator does not repeat it on every call:
+    a YAML file (`--config FILE` or $FEDTREE_ADMIN_CONFIG), then FEDTREE_ADMIN__* variables
+    (e.g. FEDTREE_ADMIN__TLS__CA), then the command line's flags."""
+
+    coordinator: str = Field("localhost:50051", description="HOST:PORT of the coordinator's gRPC server.")
+    token: str | None = Field(None, description="The coordinator's admin_token (also $FEDTREE_ADMIN_TOKEN).")
+    tls: ClientTlsConfig | None = Field(
+        None, description="TLS to the coordinator (with cert/key when it requires client certificates); None = plaintext."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Deadline of one admin call (not of `wait`, nor of an export's stream).")
 
 
 class CoordinatorConfig(_Frozen):

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from common.chunking import Role
 from common.errors import FailedPrecondition, NotFound
+from common.files import as_ordinary_files
 from common.lora import concat_experts, peft_config
 from coordinator.engine import RoundEngine
 
@@ -75,4 +76,5 @@ def write_adapter(engine: RoundEngine, worker_id: str, out_dir: Path) -> Path:
     config.save_pretrained(str(out_dir))
     tensors = {f"{prefix}{layer}.{name}": t.contiguous() for layer, named in layers.items() for name, t in named.items()}
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    as_ordinary_files(out_dir)
     return out_dir

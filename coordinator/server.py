@@ -8,7 +8,7 @@ from concurrent import futures
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.config import CoordinatorConfig
@@ -19,6 +19,7 @@ from coordinator.admin import AdminView
 from coordinator.admin_servicer import AdminServicer
 from coordinator.auth import TokenAuth
 from coordinator.engine import RoundEngine
+from coordinator.health import HealthServicer
 from coordinator.limits import TransferLimit
 from coordinator.servicer import FederationServicer, add_federation_servicer
 from coordinator.state import StateStore
@@ -56,7 +57,7 @@ class Coordinator:
         )
         self.admin = AdminView(self.engine)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.admin), self.server)
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()  # Check, Watch and List (coordinator/health.py)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

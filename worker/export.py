@@ -19,6 +19,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from common.config import LoraConfig
+from common.files import as_ordinary_files
 from common.lora import concat_experts, concat_weighted, peft_config
 from worker.mixed import MixedExperts
 from worker.model import HEAD_MODULES, LOAD_LOCK, LoraModel, split_param_name
@@ -84,4 +85,5 @@ def export_adapter(
             target.load_state_dict({k[len(prefix) :]: v for k, v in own_head.items() if k.startswith(prefix)})
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
+    as_ordinary_files(out_dir)
     return out_dir
