@@ -221,6 +221,9 @@ class CoordinatorConfig(_Frozen):
     admin_token: str | None = Field(None, description="Secret for the Admin API and CLI; None = the Admin API is disabled.")
     dashboard_port: int | None = Field(None, ge=0, le=65535, description="Serve the web dashboard on this port; None = off.")
     dashboard_host: str = Field("127.0.0.1", description="Interface the dashboard binds.")
+    dashboard_tls: bool = Field(
+        False, description="Serve the dashboard over HTTPS with tls.cert/tls.key (the coordinator's certificate)."
+    )
     max_blob_bytes: int = Field(256 << 20, ge=1024, description="Largest accepted per-layer blob.")
     server_threads: int = Field(
         256,
@@ -244,6 +247,12 @@ class CoordinatorConfig(_Frozen):
     linger_s: float = Field(5.0, ge=0, description="After the last round, keep serving DONE this long, then exit.")
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")
+
+    @model_validator(mode="after")
+    def _dashboard_tls_needs_a_certificate(self) -> CoordinatorConfig:
+        if self.dashboard_tls and self.tls is None:
+            raise ValueError("dashboard_tls serves the coordinator's certificate: set tls.cert and tls.key")
+        return self
 
 
 class DataConfig(_Frozen):

@@ -128,9 +128,12 @@ class AdminView:
             for name in names:
                 values = [m[name] for m in per_worker.values() if name in m]
                 info.mean_metrics[name] = statistics.fmean(values)
+            info.metric = "rouge1" if self.engine.run.task == "causal_lm" else "accuracy"
             for worker, metrics in per_worker.items():
                 if "accuracy" in metrics:
                     info.accuracy[worker] = metrics["accuracy"]
+                if info.metric in metrics:
+                    info.metric_per_worker[worker] = metrics[info.metric]
             out.rounds.append(info)
         return out
 

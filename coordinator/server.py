@@ -40,6 +40,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         if config.run.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{config.run.strategy}'; choose one of {sorted(STRATEGIES)}")
+        if config.dashboard_port is not None and not config.admin_token:
+            # it shows what the Admin API shows (every site's id, address, accuracy): to the admin only
+            raise ConfigError("the dashboard (dashboard_port) needs admin_token: log in with it, or drop dashboard_port")
         self.config = config
         self.store = StateStore(config.state_dir)
         self.engine = RoundEngine(config, self.store)
@@ -90,10 +93,14 @@ class Coordinator:
             self.config.run.strategy,
             self.config.state_dir,
         )
-        if self.config.dashboard_port is not None:
+        cfg = self.config
+        if cfg.dashboard_port is not None:
             from coordinator.dashboard import start_dashboard  # starlette/uvicorn only when the dashboard is on
+            from coordinator.dashboard_auth import DashboardAuth
 
-            self.dashboard = start_dashboard(self.admin, self.config.dashboard_host, self.config.dashboard_port)
+            tls = (cfg.tls.cert, cfg.tls.key) if cfg.dashboard_tls and cfg.tls is not None else None
+            auth = DashboardAuth(cfg.admin_token or "", cfg.worker_token, https=tls is not None)
+            self.dashboard = start_dashboard(self.admin, cfg.dashboard_host, cfg.dashboard_port, auth, tls)
             log.info("[Coordinator] dashboard at %s", self.dashboard.url)
         return self.port
 
