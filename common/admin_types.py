@@ -110,6 +110,8 @@ class RoundView:
     pushes: int
     mean_metrics: dict[str, float] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
+    metric: str = "accuracy"  # the run's main metric (rouge1 for causal_lm) ...
+    metric_per_worker: dict[str, float] = field(default_factory=dict)  # ... and each worker's value of it
 
     @property
     def duration_s(self) -> float:

@@ -22,6 +22,7 @@ from common.retry import CALL_TIMEOUT_S, DEFAULT_LONG_POLL_S, RETRY_FOR_S, TRANS
 
 COORDINATOR_ENV_PREFIX = "FEDTREE_COORDINATOR__"
 WORKER_ENV_PREFIX = "FEDTREE_WORKER__"
+ADMIN_ENV_PREFIX = "FEDTREE_ADMIN__"
 
 
 class _Frozen(BaseModel):
@@ -192,6 +193,19 @@ class ClientTlsConfig(_Frozen):
     server_name: str | None = Field(None, description="Expected name in the coordinator's certificate, if not the host dialled.")
 
 
+class AdminClientConfig(_Frozen):
+    """How `fedtree admin` reaches a coordinator, so an operator does not repeat it on every call:
+    a YAML file (`--config FILE` or $FEDTREE_ADMIN_CONFIG), then FEDTREE_ADMIN__* variables
+    (e.g. FEDTREE_ADMIN__TLS__CA), then the command line's flags."""
+
+    coordinator: str = Field("localhost:50051", description="HOST:PORT of the coordinator's gRPC server.")
+    token: str | None = Field(None, description="The coordinator's admin_token (also $FEDTREE_ADMIN_TOKEN).")
+    tls: ClientTlsConfig | None = Field(
+        None, description="TLS to the coordinator (with cert/key when it requires client certificates); None = plaintext."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Deadline of one admin call (not of `wait`, nor of an export's stream).")
+
+
 class CoordinatorConfig(_Frozen):
     host: str = Field("0.0.0.0", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -208,6 +222,9 @@ class CoordinatorConfig(_Frozen):
     admin_token: str | None = Field(None, description="Secret for the Admin API and CLI; None = the Admin API is disabled.")
     dashboard_port: int | None = Field(None, ge=0, le=65535, description="Serve the web dashboard on this port; None = off.")
     dashboard_host: str = Field("127.0.0.1", description="Interface the dashboard binds.")
+    dashboard_tls: bool = Field(
+        False, description="Serve the dashboard over HTTPS with tls.cert/tls.key (the coordinator's certificate)."
+    )
     max_blob_bytes: int = Field(256 << 20, ge=1024, description="Largest accepted per-layer blob.")
     server_threads: int = Field(
         256,
@@ -236,6 +253,12 @@ class CoordinatorConfig(_Frozen):
     linger_s: float = Field(5.0, ge=0, description="After the last round, keep serving DONE this long, then exit.")
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")
+
+    @model_validator(mode="after")
+    def _dashboard_tls_needs_a_certificate(self) -> CoordinatorConfig:
+        if self.dashboard_tls and self.tls is None:
+            raise ValueError("dashboard_tls serves the coordinator's certificate: set tls.cert and tls.key")
+        return self
 
 
 class DataConfig(_Frozen):

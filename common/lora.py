@@ -11,6 +11,7 @@ from peft import LoraConfig as PeftLoraConfig
 from safetensors.torch import save_file
 
 from common.config import LoraConfig
+from common.files import as_ordinary_files
 from common.schema import is_lora_a
 
 
@@ -60,4 +61,5 @@ def save_lora_dir(
     peft_config(lora, rank_multiplier, **extra).save_pretrained(str(out_dir))
     tensors = {f"{prefix}{layer}.{name}": t.contiguous() for layer, named in layers.items() for name, t in named.items()}
     save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    as_ordinary_files(out_dir)  # safetensors writes 0600 files: exported adapters are ordinary files
     return out_dir

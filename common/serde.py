@@ -277,6 +277,8 @@ def rounds_to_proto(views: Sequence[RoundView]) -> apb.GetRoundsResponse:
                 pushes=r.pushes,
                 mean_metrics=r.mean_metrics,
                 accuracy=r.accuracy,
+                metric=r.metric,
+                metric_per_worker=r.metric_per_worker,
             )
             for r in views
         ]

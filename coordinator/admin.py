@@ -117,8 +117,11 @@ def status_view(snap: EngineSnapshot) -> StatusView:
     return replace(base, current_round=cur.round, quorum=quorum, pushes=len(cur.pushed), deadline_unix=cur.deadline)
 
 
-def round_views(rounds: list[dict[str, Any]], evaluations: dict[int, dict[str, dict[str, float]]]) -> tuple[RoundView, ...]:
-    """Closed rounds (StateStore.rounds) with the evaluations reported after each (StateStore.evaluations)."""
+def round_views(
+    rounds: list[dict[str, Any]], evaluations: dict[int, dict[str, dict[str, float]]], metric: str = "accuracy"
+) -> tuple[RoundView, ...]:
+    """Closed rounds (StateStore.rounds) with the evaluations reported after each (StateStore.evaluations);
+    `metric` is the run's main one (accuracy; rouge1 for causal_lm), each worker's value of it kept apart."""
     out = []
     for r in rounds:
         per_worker = evaluations.get(r["round"], {})
@@ -133,6 +136,8 @@ def round_views(rounds: list[dict[str, Any]], evaluations: dict[int, dict[str, d
                 pushes=r["pushes"],
                 mean_metrics={name: statistics.fmean(m[name] for m in per_worker.values() if name in m) for name in names},
                 accuracy={worker: m["accuracy"] for worker, m in per_worker.items() if "accuracy" in m},
+                metric=metric,
+                metric_per_worker={worker: m[metric] for worker, m in per_worker.items() if metric in m},
             )
         )
     return tuple(out)
@@ -154,7 +159,8 @@ class AdminView:
 
     def rounds(self) -> tuple[RoundView, ...]:
         store = self.engine.store
-        return round_views(store.rounds(), store.evaluations())
+        metric = "rouge1" if self.engine.run.task == "causal_lm" else "accuracy"
+        return round_views(store.rounds(), store.evaluations(), metric)
 
     def export(self, worker_id: str) -> Iterator[FilePiece]:
         """The worker's personalised adapter as PEFT files (written from copies of the engine's tensors)."""

@@ -1,9 +1,13 @@
-"""`fedtree admin status|workers|tree|rounds|export|evict|pause|resume|rebuild`: the operator CLI.
+"""`fedtree admin status|workers|tree|rounds|wait|export|evict|pause|resume|rebuild`: the operator CLI.
 
-    fedtree admin tree --coordinator HOST:PORT [--token T] [--json]
+    fedtree admin tree [--config admin.yaml] [--coordinator HOST:PORT] [--token T] [--json]
+    fedtree admin wait [--round N] [--timeout S]     # progress lines until round N closes (default: the run is done)
 
-The admin token comes from --token or the FEDTREE_ADMIN_TOKEN environment variable. Output is
-a human-readable table by default and the Admin API's JSON (MessageToJson) with --json.
+Connection settings (coordinator, token, TLS files, server name) come from a YAML file (--config or
+$FEDTREE_ADMIN_CONFIG), then FEDTREE_ADMIN__* environment variables (FEDTREE_ADMIN__COORDINATOR,
+FEDTREE_ADMIN__TOKEN, FEDTREE_ADMIN__TLS__CA, ...; the older FEDTREE_ADMIN_TOKEN too), then flags
+(common/config.py AdminClientConfig). Output is a human-readable table by default and the Admin
+API's JSON (MessageToJson) with --json.
 """
 
 from __future__ import annotations
@@ -12,28 +16,29 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToJson
 
-from common.config import ClientTlsConfig
-from common.errors import FedtreeError, InvalidArgument
+from common.admin_types import FilePiece
+from common.config import ADMIN_ENV_PREFIX, AdminClientConfig, load_config
+from common.errors import ConfigError, FedtreeError, InvalidArgument
 from common.exit_codes import ExitCode
 from common.grpc_options import CHANNEL_OPTIONS
 from common.tls import secure_channel
 from coordinator.auth import bearer
-from coordinator.file_chunks import FilePiece, receive_files
+from coordinator.file_chunks import receive_files
 from coordinator.tree import ClientTree, Merge
 from coordinator.tree.render import dendrogram
 from proto.fedtree.v1 import admin_pb2 as apb
 from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
 
-COMMANDS = ("status", "workers", "tree", "rounds", "export", "evict", "pause", "resume", "rebuild")
-# Deadlines of the operator's calls: one answer from memory, or one adapter written and streamed.
-CALL_TIMEOUT_S = 30.0
+COMMANDS = ("status", "workers", "tree", "rounds", "wait", "export", "evict", "pause", "resume", "rebuild")
+WAIT_POLL_S = 2.0  # how often `wait` asks for the status
+# Deadline of an export: one adapter written and streamed (other calls: AdminClientConfig.timeout_s).
 EXPORT_TIMEOUT_S = 120.0
 
 
@@ -146,13 +151,69 @@ def export(stub: apb_grpc.AdminStub, worker: str, to: Path, md: Any) -> str:
     return f"wrote {', '.join(save_files(stream, to))} for {worker} to {to}"
 
 
-def run(args: argparse.Namespace) -> str:
-    token = args.token or os.environ.get("FEDTREE_ADMIN_TOKEN")
-    md = bearer(token) if token else None
-    tls = None
-    if args.tls_ca:
-        tls = ClientTlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
-    with secure_channel(args.coordinator, tls, tls is None, CHANNEL_OPTIONS) as channel:
+def wait(stub: apb_grpc.AdminStub, md: Any, round: int | None, timeout_s: float, call_timeout_s: float) -> str:
+    """Print a line whenever the run's progress changes; return once `round` has closed (None: the
+    run is done). Raises TimeoutError after `timeout_s`."""
+    give_up = time.monotonic() + timeout_s
+    shown = ""
+    while True:
+        try:
+            s = stub.GetStatus(apb.GetStatusRequest(), timeout=call_timeout_s, metadata=md)
+        except grpc.RpcError as exc:  # not up yet, or restarting: a waiting operator waits on
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            line = f"coordinator not reachable ({exc.code().name}): still waiting"
+            if line != shown:
+                print(line, flush=True)
+                shown = line
+            if time.monotonic() > give_up:
+                raise TimeoutError(line) from None
+            time.sleep(WAIT_POLL_S)
+            continue
+        target = s.rounds if round is None else round
+        finished = s.phase == apb.PHASE_DONE if round is None else s.last_closed_round >= round
+        line = progress_line(s)
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if finished:
+            return f"round {target} closed" if round is not None else f"run {s.run_id} done ({s.rounds} rounds)"
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"still at: {line} after {timeout_s:.0f} s")
+        time.sleep(WAIT_POLL_S)
+
+
+def progress_line(s: apb.GetStatusResponse) -> str:
+    """One line of `wait`: phase, round, pushes (and the status line's own estimate when it has one)."""
+    phase = apb.Phase.Name(s.phase).removeprefix("PHASE_").lower()
+    if not s.current_round:
+        return f"{phase}: last closed round {s.last_closed_round} of {s.rounds}, {s.workers} worker(s) joined"
+    return f"{phase}: round {s.current_round} of {s.rounds}, {s.pushes}/{s.quorum} pushes"
+
+
+def connection(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> AdminClientConfig:
+    """Where and how to call: the config file, then FEDTREE_ADMIN__* (and the older
+    FEDTREE_ADMIN_TOKEN), then the flags given on this command line."""
+    environ = os.environ if environ is None else environ
+    path = args.config or (Path(environ["FEDTREE_ADMIN_CONFIG"]) if environ.get("FEDTREE_ADMIN_CONFIG") else None)
+    overrides: dict[str, Any] = {}
+    if environ.get("FEDTREE_ADMIN_TOKEN"):
+        overrides["token"] = environ["FEDTREE_ADMIN_TOKEN"]
+    if args.coordinator:
+        overrides["coordinator"] = args.coordinator
+    if args.token:
+        overrides["token"] = args.token
+    tls = {k: v for k, v in {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}.items() if v is not None}
+    if args.tls_server_name:
+        tls["server_name"] = args.tls_server_name
+    if tls:
+        overrides["tls"] = tls
+    return load_config(AdminClientConfig, path, ADMIN_ENV_PREFIX, environ, overrides)
+
+
+def run(args: argparse.Namespace, conn: AdminClientConfig) -> str:
+    md = bearer(conn.token) if conn.token else None
+    with secure_channel(conn.coordinator, conn.tls, conn.tls is None, CHANNEL_OPTIONS) as channel:
         stub = apb_grpc.AdminStub(channel)
         reads: dict[str, tuple[Callable[..., Any], Any, Callable[[Any], str]]] = {
             "status": (stub.GetStatus, apb.GetStatusRequest(), render_status),
@@ -162,18 +223,20 @@ def run(args: argparse.Namespace) -> str:
         }
         if args.command in reads:
             call, request, render = reads[args.command]
-            reply = call(request, timeout=CALL_TIMEOUT_S, metadata=md)
+            reply = call(request, timeout=conn.timeout_s, metadata=md)
             return MessageToJson(reply) if args.json else render(reply)
+        if args.command == "wait":
+            return wait(stub, md, args.round, args.timeout, conn.timeout_s)
         if args.command == "export":
             return export(stub, args.worker, args.to, md)
         if args.command == "evict":
-            stub.EvictWorker(apb.EvictWorkerRequest(worker_id=args.worker), timeout=CALL_TIMEOUT_S, metadata=md)
+            stub.EvictWorker(apb.EvictWorkerRequest(worker_id=args.worker), timeout=conn.timeout_s, metadata=md)
             return f"evicted {args.worker}"
         if args.command in ("pause", "resume"):
             call = stub.Pause if args.command == "pause" else stub.Resume
-            call(apb.PauseRequest() if args.command == "pause" else apb.ResumeRequest(), timeout=CALL_TIMEOUT_S, metadata=md)
+            call(apb.PauseRequest() if args.command == "pause" else apb.ResumeRequest(), timeout=conn.timeout_s, metadata=md)
             return f"{args.command}d"
-        reply = stub.RebuildTree(apb.RebuildTreeRequest(), timeout=CALL_TIMEOUT_S, metadata=md)
+        reply = stub.RebuildTree(apb.RebuildTreeRequest(), timeout=conn.timeout_s, metadata=md)
         return f"the tree will be rebuilt from the uploads of round {reply.round}"
 
 
@@ -182,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="group", required=True)
     admin = sub.add_parser("admin", help="inspect and steer a running coordinator")
     admin.add_argument("command", choices=COMMANDS)
-    admin.add_argument("--coordinator", default="localhost:50051", help="HOST:PORT of the coordinator")
-    admin.add_argument("--token", help="admin token (default: $FEDTREE_ADMIN_TOKEN)")
+    admin.add_argument("--config", type=Path, help="YAML connection settings (default: $FEDTREE_ADMIN_CONFIG); see README")
+    admin.add_argument("--coordinator", help="HOST:PORT of the coordinator (default: localhost:50051)")
+    admin.add_argument("--token", help="admin token (default: $FEDTREE_ADMIN_TOKEN or FEDTREE_ADMIN__TOKEN)")
     admin.add_argument("--json", action="store_true", help="print the Admin API's JSON")
     admin.add_argument("--worker", help="worker id (export, evict)")
     admin.add_argument("--tls-ca", type=Path, help="CA of the coordinator's certificate (TLS); plaintext without it")
@@ -191,18 +255,28 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--tls-key", type=Path, help="key of the client certificate")
     admin.add_argument("--tls-server-name", help="name in the coordinator's certificate, if not the host dialled")
     admin.add_argument("--to", type=Path, help="directory to write the adapter to (export)")
+    admin.add_argument("--round", type=int, help="wait: until this round has closed (default: until the run is done)")
+    admin.add_argument("--timeout", type=float, default=3600.0, help="wait: give up after this many seconds (exit 1)")
     args = parser.parse_args(argv)
     if args.command in ("export", "evict") and not args.worker:
         parser.error(f"{args.command} needs --worker")
     if args.command == "export" and not args.to:
         parser.error("export needs --to DIR")
     try:
-        print(run(args))
+        conn = connection(args)
+    except ConfigError as exc:
+        print(f"fedtree admin: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    try:
+        print(run(args, conn))
     except grpc.RpcError as exc:
         print(f"fedtree admin {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return ExitCode.ERROR
     except FedtreeError as exc:  # e.g. an export stream that fails its checks
         print(f"fedtree admin {args.command}: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    except TimeoutError as exc:
+        print(f"fedtree admin {args.command}: timed out: {exc}", file=sys.stderr)
         return ExitCode.ERROR
     return ExitCode.OK
 

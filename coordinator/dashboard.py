@@ -4,6 +4,8 @@
 JSON endpoints. `/api/{tree,workers,status,rounds}` are exactly `MessageToJson` of the admin
 messages, encoded by common/serde.py as the gRPC Admin API encodes them (so they mirror it field
 for field); `/metrics` is Prometheus text.
+All of them need the admin credential (coordinator/dashboard_auth.py); only `/healthz` and the
+login form are open. With `dashboard_tls` it serves HTTPS with the coordinator's certificate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 
 import uvicorn
 from google.protobuf.json_format import MessageToJson
@@ -28,6 +31,7 @@ from starlette.routing import Route
 from common import serde
 from common.admin_types import WorkerState
 from coordinator.admin import AdminView
+from coordinator.dashboard_auth import DashboardAuth
 from coordinator.metrics import PUSH_LATENCY, PushLatency
 
 log = logging.getLogger(__name__)
@@ -104,8 +108,9 @@ def _json(message: Message) -> Response:
     return Response(MessageToJson(message), media_type="application/json")
 
 
-def create_app(view: AdminView, push_latency: PushLatency = PUSH_LATENCY) -> Starlette:
-    """The dashboard ASGI app over one AdminView, with its own Prometheus registry."""
+def create_app(view: AdminView, auth: DashboardAuth, push_latency: PushLatency = PUSH_LATENCY) -> Starlette:
+    """The dashboard ASGI app over one AdminView, with its own Prometheus registry; every route
+    but /healthz and /login for the admin only (`auth`)."""
     registry = CollectorRegistry()
     registry.register(FedtreeCollector(view, push_latency))
     page = resources.files("coordinator").joinpath(PAGE).read_text(encoding="utf-8")
@@ -126,13 +131,16 @@ def create_app(view: AdminView, push_latency: PushLatency = PUSH_LATENCY) -> Sta
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
-        Route("/", index),
+        Route("/", auth.guard(index, page=True)),
         Route("/healthz", healthz),
-        Route("/metrics", metrics),
-        Route("/api/tree", api(lambda: serde.tree_to_proto(view.tree()))),
-        Route("/api/workers", api(lambda: serde.workers_to_proto(view.workers()))),
-        Route("/api/status", api(lambda: serde.status_to_proto(view.status()))),
-        Route("/api/rounds", api(lambda: serde.rounds_to_proto(view.rounds()))),
+        Route("/login", auth.login_page, methods=["GET"]),
+        Route("/login", auth.login, methods=["POST"]),
+        Route("/logout", auth.logout, methods=["POST"]),
+        Route("/metrics", auth.guard(metrics)),
+        Route("/api/tree", auth.guard(api(lambda: serde.tree_to_proto(view.tree())))),
+        Route("/api/workers", auth.guard(api(lambda: serde.workers_to_proto(view.workers())))),
+        Route("/api/status", auth.guard(api(lambda: serde.status_to_proto(view.status())))),
+        Route("/api/rounds", auth.guard(api(lambda: serde.rounds_to_proto(view.rounds())))),
     ]
     # Sync endpoints run in Starlette's thread pool, so a slow engine lock never blocks the loop.
     return Starlette(routes=routes)
@@ -141,9 +149,20 @@ def create_app(view: AdminView, push_latency: PushLatency = PUSH_LATENCY) -> Sta
 class DashboardServer:
     """uvicorn serving the dashboard in a daemon thread; `port` is the bound port."""
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(self, app: Starlette, host: str, port: int, tls: tuple[Path, Path] | None = None) -> None:
         self.host = host
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+        self.https = tls is not None
+        cert, key = tls if tls is not None else (None, None)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            ssl_certfile=str(cert) if cert else None,
+            ssl_keyfile=str(key) if key else None,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
         self.port = port
@@ -167,7 +186,7 @@ class DashboardServer:
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.https else 'http'}://{host}:{self.port}/"
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
@@ -175,6 +194,9 @@ class DashboardServer:
             self.thread.join(timeout)
 
 
-def start_dashboard(view: AdminView, host: str, port: int) -> DashboardServer:
-    """Serve the dashboard for `view` on host:port (0 picks a free port) in a daemon thread."""
-    return DashboardServer(create_app(view), host, port).start()
+def start_dashboard(
+    view: AdminView, host: str, port: int, auth: DashboardAuth, tls: tuple[Path, Path] | None = None
+) -> DashboardServer:
+    """Serve the dashboard for `view` on host:port (0 picks a free port) in a daemon thread, over
+    HTTPS with `tls` = (certificate, key)."""
+    return DashboardServer(create_app(view, auth), host, port, tls).start()

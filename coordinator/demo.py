@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"coordinator on {target}; logs in {out / 'logs'}")
     print(f"inspect it: fedtree admin tree --coordinator {target} --token {args.admin_token}")
     if args.dashboard_port is not None:
-        print(f"dashboard: http://127.0.0.1:{args.dashboard_port}/")
+        print(f"dashboard: http://127.0.0.1:{args.dashboard_port}/ (log in with the admin token {args.admin_token})")
 
     workers = [client_id for client_id, _ in client_tasks]
     store: StateStore | None = None

@@ -124,6 +124,7 @@ class RoundEngine:
             self.workers[worker_id] = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
         self.paused = bool(store.get("paused"))
+        self._waiting_logged: int | None = None  # the live-worker count last logged while waiting
         for worker_id in store.get("evicted") or []:
             if worker_id in self.workers:
                 self.workers[worker_id].activity = "evicted"
@@ -258,7 +259,9 @@ class RoundEngine:
             return
         live = {w: i.num_train_examples for w, i in self.workers.items() if i.activity not in ("lost", "evicted")}
         if len(live) < self.run.min_workers:
+            self._log_waiting(len(live))
             return
+        self._waiting_logged = None
         now = self.clock()
         nxt = self.last_closed + 1
         evaluating = nxt > self.run.rounds
@@ -274,6 +277,20 @@ class RoundEngine:
             len(live),
         )
         self._cond.notify_all()
+
+    def _log_waiting(self, live: int) -> None:
+        """Say once per change of the count why no round opens (an operator's first question)."""
+        if self._waiting_logged == live:
+            return
+        self._waiting_logged = live
+        nxt = self.last_closed + 1
+        log.info(
+            "[Engine] waiting for %d more worker(s) before round %d opens: %d/%d joined and live (run.min_workers)",
+            self.run.min_workers - live,
+            nxt,
+            live,
+            self.run.min_workers,
+        )
 
     def _close(self, cur: RoundInfo) -> None:
         assert self.strategy is not None

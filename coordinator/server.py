@@ -8,7 +8,7 @@ from concurrent import futures
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common.config import CoordinatorConfig
@@ -19,6 +19,7 @@ from coordinator.admin import AdminView
 from coordinator.admin_servicer import AdminServicer
 from coordinator.auth import TokenAuth
 from coordinator.engine import RoundEngine
+from coordinator.health import HealthServicer
 from coordinator.limits import TransferLimit
 from coordinator.servicer import FederationServicer, add_federation_servicer
 from coordinator.state import StateStore
@@ -39,6 +40,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         if config.run.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{config.run.strategy}'; choose one of {sorted(STRATEGIES)}")
+        if config.dashboard_port is not None and not config.admin_token:
+            # it shows what the Admin API shows (every site's id, address, accuracy): to the admin only
+            raise ConfigError("the dashboard (dashboard_port) needs admin_token: log in with it, or drop dashboard_port")
         self.config = config
         self.store = StateStore(config.state_dir)
         self.engine = RoundEngine(config, self.store)
@@ -56,7 +60,7 @@ class Coordinator:
         )
         self.admin = AdminView(self.engine)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.admin), self.server)
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()  # Check, Watch and List (coordinator/health.py)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -90,10 +94,14 @@ class Coordinator:
             self.config.run.strategy,
             self.config.state_dir,
         )
-        if self.config.dashboard_port is not None:
+        cfg = self.config
+        if cfg.dashboard_port is not None:
             from coordinator.dashboard import start_dashboard  # starlette/uvicorn only when the dashboard is on
+            from coordinator.dashboard_auth import DashboardAuth
 
-            self.dashboard = start_dashboard(self.admin, self.config.dashboard_host, self.config.dashboard_port)
+            tls = (cfg.tls.cert, cfg.tls.key) if cfg.dashboard_tls and cfg.tls is not None else None
+            auth = DashboardAuth(cfg.admin_token or "", cfg.worker_token, https=tls is not None)
+            self.dashboard = start_dashboard(self.admin, cfg.dashboard_host, cfg.dashboard_port, auth, tls)
             log.info("[Coordinator] dashboard at %s", self.dashboard.url)
         return self.port
 

@@ -181,7 +181,24 @@ want = {f"client-{i}" for i in range(4)}
 sys.exit(f"workers seen by the coordinator: {sorted(ws)}, want {sorted(want)}" if ws != want else 0)
 PY
 rounds_txt=$(admin rounds)
-curl_ok=$("$PYTHON" -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$FEDTREE_DASHBOARD_PORT/healthz', timeout=5).status)" 2>/dev/null || echo unreachable)
+# the dashboard: HTTPS with the coordinator's certificate; /api needs the admin token (401 without it)
+curl_ok=$("$PYTHON" - "$FEDTREE_DASHBOARD_PORT" "$FEDTREE_CERTS_DIR/ca.pem" "$FEDTREE_ADMIN_TOKEN" <<'PY' 2>&1 || echo unreachable
+import ssl, sys, urllib.error, urllib.request as u
+port, ca, token = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False  # dialled as 127.0.0.1 through the published port; the chain is still verified
+base = f"https://127.0.0.1:{port}"
+def get(path, token=None):
+    req = u.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        return u.urlopen(req, timeout=5, context=ctx).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+got = (get("/healthz"), get("/api/status"), get("/api/status", token))
+print(f"https: /healthz {got[0]}, /api/status without token {got[1]}, with the admin token {got[2]}")
+sys.exit(0 if got == (200, 401, 200) else 1)
+PY
+)
 
 phase exit "wait for the workers to exit"
 for w in "${WORKERS[@]}"; do
@@ -204,7 +221,7 @@ cat <<SUMMARY
 ===== compose-e2e summary =====
 image            $FEDTREE_IMAGE  $(( IMAGE_SIZE / 1000000 )) MB
 rounds closed    $closed (tree + workers read through the Admin API on $TARGET, mTLS)
-dashboard        /healthz -> $curl_ok
+dashboard        $curl_ok
 workers          ${WORKERS[*]}: all exited 0
 $rounds_txt
 timeline (s)     base image ready ${AT[deps]}, image built ${AT[certs]}, coordinator healthy ${AT[healthy]}, $closed rounds closed ${AT[rounds]}, workers exited ${AT[done]} (teardown follows)

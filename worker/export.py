@@ -18,6 +18,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from common.config import LoraConfig
+from common.files import as_ordinary_files
 from common.lora import peft_config
 from worker.model import HEAD_MODULES, LOAD_LOCK, LoraModel, split_param_name
 from worker.strategies import WorkerStrategy
@@ -62,4 +63,5 @@ def export_adapter(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     strategy.export_extras(out_dir)
+    as_ordinary_files(out_dir)  # safetensors writes 0600 files: exported adapters are ordinary files
     return out_dir

@@ -214,3 +214,19 @@ def test_health_serving_then_not_serving_and_reflection(tmp_path) -> None:
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     stopper.join()
     channel.close()
+
+
+def test_health_list_answers_what_reflection_advertises(tmp_path) -> None:
+    """Reflection lists grpc.health.v1.Health/List: it must answer, not UNIMPLEMENTED."""
+    coord = start(tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{coord.port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=10)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert {name: s.status for name, s in reply.statuses.items()} == {
+            "": serving,
+            "fedtree.v1.Federation": serving,
+            "fedtree.v1.Admin": serving,
+        }
+    finally:
+        coord.stop(grace=0.2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +25,31 @@ WORKERS = {"w0": ("sports", "tech"), "w1": ("sports", "tech"), "w2": ("food", "t
 ROUNDS = 3
 
 
-def _get(base: str, path: str) -> tuple[int, str, str]:
-    with urllib.request.urlopen(base + path, timeout=10) as resp:  # noqa: S310 - local test server
-        return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+ADMIN, WORKER = "adm", "wrk"
+PROTECTED = ("/", "/metrics", "/api/tree", "/api/workers", "/api/status", "/api/rounds")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _request(base: str, path: str, token: str | None = None, **kwargs: Any) -> tuple[int, dict[str, str], str]:
+    """(status, headers, body) without following redirects; `token` as Authorization: Bearer."""
+    req = urllib.request.Request(base + path, **kwargs)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=10) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read().decode()
+
+
+def _get(base: str, path: str, token: str | None = ADMIN) -> tuple[int, str, str]:
+    status, headers, body = _request(base, path, token)
+    return status, headers.get("content-type", ""), body
 
 
 def _json(base: str, path: str) -> Any:
@@ -52,7 +75,8 @@ def finished_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         port=0,
         state_dir=tmp / "state",
         dashboard_port=0,
-        admin_token="adm",
+        admin_token=ADMIN,
+        worker_token=WORKER,
         run=run,
         long_poll_s=1.0,
         insecure=True,  # loopback test
@@ -67,7 +91,7 @@ def finished_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         assert _json(base, "/healthz") == {"status": "ok"}
         assert not _json(base, "/api/tree").get("built", False)
         workers = [
-            _worker(coord, tiny_model_dir, write_client_data(tmp / "data" / w, labels, seed=i), tmp / f"out-{w}", w)
+            _worker(coord, tiny_model_dir, write_client_data(tmp / "data" / w, labels, seed=i), tmp / f"out-{w}", w, WORKER)
             for i, (w, labels) in enumerate(WORKERS.items())
         ]
         assert _run_all(workers) == [ExitCode.OK] * len(WORKERS)
@@ -139,7 +163,7 @@ def test_json_api_is_message_to_json_of_the_admin_rpcs(finished_run: tuple[Coord
 
     coord, base = finished_run
     with grpc.insecure_channel(f"127.0.0.1:{coord.port}") as channel:
-        stub, md = apb_grpc.AdminStub(channel), bearer("adm")
+        stub, md = apb_grpc.AdminStub(channel), bearer(ADMIN)
         calls = {
             "/api/tree": lambda: stub.GetTree(apb.GetTreeRequest(), metadata=md, timeout=10),
             "/api/workers": lambda: stub.ListWorkers(apb.ListWorkersRequest(), metadata=md, timeout=10),
@@ -148,6 +172,38 @@ def test_json_api_is_message_to_json_of_the_admin_rpcs(finished_run: tuple[Coord
         }
         for path, call in calls.items():
             assert _json(base, path) == json.loads(MessageToJson(call())), path
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+def test_every_endpoint_is_for_the_admin_only(finished_run: tuple[Coordinator, str], path: str) -> None:
+    """No credential and a wrong one: 401 (the page sends a browser to the login form); the worker
+    token: 403, as on the Admin gRPC API; the admin token: 200. /healthz stays open."""
+    _, base = finished_run
+    status, headers, _ = _request(base, path)
+    if path == "/":
+        assert status == 303 and headers["location"] == "/login"
+    else:
+        assert status == 401 and headers.get("www-authenticate") == "Bearer"
+    assert _request(base, path, "nope")[0] == (303 if path == "/" else 401)
+    assert _request(base, path, WORKER)[0] == 403
+    assert _request(base, path, ADMIN)[0] == 200
+    assert _request(base, "/healthz")[0] == 200
+
+
+def test_login_sets_a_secure_session_cookie(finished_run: tuple[Coordinator, str]) -> None:
+    _, base = finished_run
+    status, headers, _ = _request(base, "/login", data=b"token=wrong", method="POST")
+    assert status == 303 and headers["location"] == "/login?failed" and "set-cookie" not in headers
+    status, headers, _ = _request(base, "/login", data=b"token=" + ADMIN.encode(), method="POST")
+    assert status == 303 and headers["location"] == "/"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie, cookie
+    session = cookie.split(";", 1)[0]
+    for path in PROTECTED:
+        assert _request(base, path, headers={"Cookie": session})[0] == 200, path
+    status, headers, _ = _request(base, "/logout", method="POST", headers={"Cookie": session})
+    assert status == 303
+    assert _request(base, "/api/status", headers={"Cookie": session})[0] == 401  # the session ended
 
 
 @pytest.mark.browser
@@ -176,7 +232,11 @@ def test_page_renders_in_chromium(finished_run: tuple[Coordinator, str]) -> None
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.goto(base + "/")
+            page.goto(base + "/")  # sent to the login form first
+            page.wait_for_url("**/login", timeout=15_000)
+            page.fill("#token", ADMIN)
+            page.click("button[type=submit]")
+            page.wait_for_url(base + "/", timeout=15_000)
             page.wait_for_function("document.querySelectorAll('#tree .leaf').length === 3", timeout=15_000)
             page.wait_for_function("document.querySelectorAll('#acc path.mean-line').length === 1", timeout=15_000)
             leaves = page.eval_on_selector_all("#tree .leaf", "els => els.map(e => e.dataset.worker)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from peft import PeftModel
 from test_federation import TRAIN, _run_all, _worker
@@ -84,3 +86,13 @@ def test_exports_from_worker_checkpoint_and_coordinator_state(coordinator_factor
     for key in lora_keys:
         torch.testing.assert_close(from_coord[key], from_worker[key], rtol=1e-4, atol=1e-6)
     assert any("classifier" in k for k in from_worker)  # the head stays with the worker's export only
+    # exported adapters are ordinary files: the weights as readable as the config beside them (not 0600)
+    for export in ("w-export", "c-export", "o1/adapter"):
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / export).iterdir() if p.is_file()}
+        assert modes["adapter_model.safetensors"] == modes["adapter_config.json"] == 0o666 & ~_umask(), (export, modes)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -110,3 +110,42 @@ def test_make_ca_is_a_ca() -> None:
 
     cert, _ = make_ca()
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_dashboard_serves_https_for_the_admin(pki: Path, tmp_path: Path) -> None:
+    """dashboard_tls: HTTPS with the coordinator's certificate (verified against the run's CA);
+    the admin token still required."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    tls = ServerTlsConfig(cert=pki / "coordinator.pem", key=pki / "coordinator.key", client_ca=pki / "ca.pem")
+    cfg = CoordinatorConfig(
+        host="127.0.0.1", port=0, state_dir=tmp_path / "state", tls=tls, admin_token="adm", dashboard_port=0, dashboard_tls=True
+    )
+    coord = Coordinator(cfg)
+    coord.start()
+    try:
+        assert coord.dashboard is not None and coord.dashboard.url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        url = f"https://localhost:{coord.dashboard.port}/api/status"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10, context=ctx)  # noqa: S310 - local test server
+        assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": "Bearer adm"})
+        with urllib.request.urlopen(request, timeout=10, context=ctx) as resp:  # noqa: S310
+            assert resp.status == 200
+        with pytest.raises(OSError):  # plaintext HTTP is not served (URLError, or the TLS server hangs up)
+            urllib.request.urlopen(f"http://localhost:{coord.dashboard.port}/healthz", timeout=10)  # noqa: S310
+    finally:
+        coord.stop(grace=0.2)
+
+
+def test_dashboard_needs_the_admin_token(tmp_path: Path) -> None:
+    cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", insecure=True, dashboard_port=0)
+    with pytest.raises(ConfigError, match="needs admin_token"):
+        Coordinator(cfg)
+    with pytest.raises(ConfigError, match="dashboard_tls"):
+        from common.config import load_config
+
+        load_config(CoordinatorConfig, None, overrides={"insecure": True, "dashboard_port": 0, "dashboard_tls": True})

@@ -168,6 +168,12 @@ def test_coordinator_state_and_config(compose: dict[str, Any]) -> None:
     assert "/certs/admin.pem" in " ".join(coord["healthcheck"]["test"]) and "/certs/admin.pem" in mounted
     published = {str(p).rsplit(":", 1)[-1] for p in coord["ports"]}
     assert published == {"50051", "8080"}
+    # the dashboard: admin only, HTTPS, and bound to the coordinator's frontend address, which no worker shares
+    assert cfg.dashboard_tls and cfg.admin_token is None  # the token comes from the environment, not the file
+    ip = coord["networks"]["frontend"]["ipv4_address"]
+    assert coord["environment"]["FEDTREE_COORDINATOR__DASHBOARD_HOST"] == ip
+    for name in WORKERS:
+        assert "frontend" not in compose["services"][name]["networks"], f"{name} can reach the dashboard"
 
 
 def test_dockerfile_pattern() -> None:

@@ -448,6 +448,26 @@ class RoundInfo(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MetricPerWorkerEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
     STARTED_UNIX_FIELD_NUMBER: _builtins.int
@@ -457,12 +477,18 @@ class RoundInfo(_message.Message):
     PUSHES_FIELD_NUMBER: _builtins.int
     MEAN_METRICS_FIELD_NUMBER: _builtins.int
     ACCURACY_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    METRIC_PER_WORKER_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     started_unix: _builtins.float
     closed_unix: _builtins.float
     duration_s: _builtins.float
     bytes: _builtins.int
     pushes: _builtins.int
+    metric: _builtins.str
+    """The run's main metric ("accuracy" for classification, "rouge1" for causal_lm runs) and each
+    worker's value of it after this round's aggregation (what the dashboard's chart plots).
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -473,6 +499,8 @@ class RoundInfo(_message.Message):
     def accuracy(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Per-worker accuracy after this round's aggregation."""
 
+    @_builtins.property
+    def metric_per_worker(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
         self,
         *,
@@ -485,10 +513,12 @@ class RoundInfo(_message.Message):
         pushes: _builtins.int = ...,
         mean_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         accuracy: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        metric: _builtins.str = ...,
+        metric_per_worker: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "bytes", b"bytes", "closed_unix", b"closed_unix", "duration_s", b"duration_s", "mean_metrics", b"mean_metrics", "participants", b"participants", "pushes", b"pushes", "round", b"round", "started_unix", b"started_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "bytes", b"bytes", "closed_unix", b"closed_unix", "duration_s", b"duration_s", "mean_metrics", b"mean_metrics", "metric", b"metric", "metric_per_worker", b"metric_per_worker", "participants", b"participants", "pushes", b"pushes", "round", b"round", "started_unix", b"started_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
