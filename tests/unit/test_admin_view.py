@@ -150,8 +150,11 @@ def test_round_views_average_each_metric_over_the_workers_that_reported_it() -> 
     rounds = [{"round": 1, "participants": ["a", "b"], "started_at": 10.0, "closed_at": 12.5, "pushes": 2, "bytes": 300}]
     evals = {1: {"a": {"accuracy": 0.5, "rouge1": 0.25}, "b": {"accuracy": 1.0}}}
     (view,) = round_views(rounds, evals)
-    assert view == RoundView(1, ("a", "b"), 10.0, 12.5, 300, 2, {"accuracy": 0.75, "rouge1": 0.25}, {"a": 0.5, "b": 1.0})
+    acc = {"a": 0.5, "b": 1.0}
+    assert view == RoundView(1, ("a", "b"), 10.0, 12.5, 300, 2, {"accuracy": 0.75, "rouge1": 0.25}, acc, "accuracy", acc)
     assert view.duration_s == 2.5
+    (generation,) = round_views(rounds, evals, metric="rouge1")  # a causal_lm run's chart plots ROUGE-1
+    assert generation.metric == "rouge1" and generation.metric_per_worker == {"a": 0.25}
     assert round_views(rounds, {})[0].mean_metrics == {}
 
 
@@ -222,7 +225,7 @@ def test_workers_status_rounds_and_file_pieces_to_proto() -> None:
         deadline_unix=99.0,
         workers=3,
     )
-    view = RoundView(1, ("a", "b"), 10.0, 12.5, 300, 2, {"accuracy": 0.75}, {"a": 0.5, "b": 1.0})
+    view = RoundView(1, ("a", "b"), 10.0, 12.5, 300, 2, {"accuracy": 0.75}, {"a": 0.5, "b": 1.0}, "accuracy", {"a": 0.5})
     assert serde.rounds_to_proto([view]) == apb.GetRoundsResponse(
         rounds=[
             apb.RoundInfo(
@@ -235,6 +238,8 @@ def test_workers_status_rounds_and_file_pieces_to_proto() -> None:
                 pushes=2,
                 mean_metrics={"accuracy": 0.75},
                 accuracy={"a": 0.5, "b": 1.0},
+                metric="accuracy",
+                metric_per_worker={"a": 0.5},
             )
         ]
     )
