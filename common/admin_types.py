@@ -55,6 +55,31 @@ class LayerCutView:
 
 
 @dataclass(frozen=True)
+class LatePlacementView:
+    """Where a late joiner went in one layer."""
+
+    layer: int
+    cluster: int  # the cluster it joined, or its own new branch's id
+    distance: float  # mean distance to the members of its nearest cluster (the one joined unless new_branch)
+    threshold: float  # late_threshold x the cut's merge distance; inf: no new branch possible here
+    new_branch: bool
+
+
+@dataclass(frozen=True)
+class LateJoinerView:
+    """A worker that joined after the tree was built: placed in it, or still in its own warmup."""
+
+    worker_id: str
+    placed_round: int = 0  # the round whose upload placed it; 0: still in its own warmup
+    distance: float = 0.0  # to the cluster it joined in the deepest layer (its nearest one where it branched off)
+    new_branch_from: int = -1  # the shallowest layer where it has a branch of its own; -1: none
+    anchor: int = -1  # tree node (leaf id < leaves, N + i merge i) of the deepest tree cluster it joined; -1: none
+    warmup_rounds_done: int = 0  # rounds of its own warmup pushed (while not placed)
+    late_warmup_rounds: int = 0  # rounds of its own warmup before it is placed
+    layers: tuple[LatePlacementView, ...] = ()
+
+
+@dataclass(frozen=True)
 class TreeView:
     """The client tree of a clustering strategy; `built` is False until it is built (and always
     for strategies without one)."""
@@ -67,6 +92,7 @@ class TreeView:
     merges: tuple[TreeMerge, ...] = ()
     layers: tuple[LayerCutView, ...] = ()
     rebuild_pending: bool = False
+    late_joiners: tuple[LateJoinerView, ...] = ()  # in worker id order
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,26 @@ class FedTreeConfig(_Frozen):
         "client's texts lie) or B (the paper: the output side, which the head's error signal and the label skew drive).",
     )
     rebuild_every: int = Field(0, ge=0, description="Rebuild the tree every N rounds after warmup; 0 = only once.")
+    late_join: Literal["place", "mean"] = Field(
+        "place",
+        description="A worker that joins after the tree is built: place (beyond the paper) = it runs its own warmup of "
+        "late_warmup_rounds, uploads its A and B and is placed in the tree without moving anyone; mean (the behaviour "
+        "before placement existed, kept as an ablation) = it gets everyone's mean in every layer at once and never shapes "
+        "a cluster.",
+    )
+    late_warmup_rounds: int | None = Field(
+        None,
+        ge=1,
+        description="late_join place: rounds of local training of a late joiner (from the shared seeded init) before it "
+        "uploads its A and B to be placed; None = warmup_rounds.",
+    )
+    late_threshold: float | None = Field(
+        1.0,
+        gt=0,
+        description="late_join place: a late joiner whose mean distance to its nearest cluster of a layer exceeds this "
+        "times the cut's merge distance there (the smallest average-linkage distance between two of the layer's clusters) "
+        "gets its own branch from that layer down (its own expert + the external one); None = always the nearest cluster.",
+    )
     theta_lr: float = Field(1e-2, gt=0, description="Learning rate of the mixing logits theta (own optimiser group).")
     lambda_init: float = Field(
         0.8,

@@ -226,6 +226,24 @@ def tree_to_proto(view: TreeView) -> apb.GetTreeResponse:
             for cut in view.layers
         ],
         rebuild_pending=view.rebuild_pending,
+        late_joiners=[
+            apb.LateJoiner(
+                worker_id=late.worker_id,
+                placed_round=late.placed_round,
+                distance=late.distance,
+                new_branch_from=late.new_branch_from,
+                anchor=late.anchor,
+                warmup_rounds_done=late.warmup_rounds_done,
+                late_warmup_rounds=late.late_warmup_rounds,
+                layers=[
+                    apb.LatePlacement(
+                        layer=p.layer, cluster=p.cluster, distance=p.distance, threshold=p.threshold, new_branch=p.new_branch
+                    )
+                    for p in late.layers
+                ],
+            )
+            for late in view.late_joiners
+        ],
     )
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from common.admin_types import (
     FilePiece,
+    LateJoinerView,
+    LatePlacementView,
     LayerCutView,
     Phase,
     RoundView,
@@ -30,6 +32,7 @@ from common.admin_types import (
 from coordinator.engine import EngineSnapshot, RoundEngine
 from coordinator.export import lambdas_in, write_adapter
 from coordinator.file_chunks import split_files
+from coordinator.strategies.base import TreeView as StrategyTree
 
 _STATES = {"lost": WorkerState.LOST, "evicted": WorkerState.EVICTED}
 
@@ -58,7 +61,45 @@ def tree_view(snap: EngineSnapshot) -> TreeView:
         merges=tuple(TreeMerge(m.left, m.right, m.distance, m.size) for m in shape.merges) if shape is not None else (),
         layers=layers,
         rebuild_pending=tree.rebuild_pending,
+        late_joiners=late_joiner_views(tree),
     )
+
+
+def late_joiner_views(tree: StrategyTree) -> tuple[LateJoinerView, ...]:
+    """The placed late joiners (with the tree node of the deepest tree cluster each joined, where
+    the dendrogram hangs its dashed leaf) and those still in their own warmup, by worker id."""
+    out = []
+    for worker, placement in tree.placements.items():
+        anchor: int | None = None
+        if tree.tree is not None:
+            leaves = set(tree.tree.leaves)
+            for layer in reversed(range(len(placement.layers))):  # the deepest layer whose cluster has tree leaves
+                if placement.layers[layer].new_branch:
+                    continue
+                group = next((g for g in tree.clusters[layer] if worker in g), [])
+                anchor = tree.tree.node_of(w for w in group if w in leaves)
+                if anchor is not None:
+                    break
+            if anchor is None:  # a branch of its own from the top: it hangs under the root
+                anchor = 2 * tree.tree.n - 2
+        branch = placement.branch_from
+        out.append(
+            LateJoinerView(
+                worker_id=worker,
+                placed_round=placement.round,
+                distance=placement.distance,
+                new_branch_from=-1 if branch is None else branch,
+                anchor=-1 if anchor is None else anchor,
+                late_warmup_rounds=tree.late_warmup_rounds,
+                layers=tuple(
+                    LatePlacementView(layer, p.cluster, p.distance, p.threshold, p.new_branch)
+                    for layer, p in enumerate(placement.layers)
+                ),
+            )
+        )
+    for worker, done in tree.late_pending.items():
+        out.append(LateJoinerView(worker_id=worker, warmup_rounds_done=done, late_warmup_rounds=tree.late_warmup_rounds))
+    return tuple(sorted(out, key=lambda view: view.worker_id))
 
 
 def worker_views(snap: EngineSnapshot) -> tuple[WorkerView, ...]:

@@ -95,7 +95,12 @@ def render_tree(t: apb.GetTreeResponse) -> str:
     lines = [f"strategy {t.strategy}: built after round {t.built_round}" + (" (rebuild pending)" if t.rebuild_pending else "")]
     if t.leaves:
         tree = ClientTree(tuple(t.leaves), tuple(Merge(m.left, m.right, m.distance, m.size) for m in t.merges), t.linkage)
-        lines += ["", f"client tree ({t.linkage} linkage):", *("  " + x for x in dendrogram(tree))]
+        hanging: dict[int, list[str]] = {}
+        for late in t.late_joiners:
+            if late.placed_round and late.anchor >= 0:
+                hanging.setdefault(late.anchor, []).append(f"{late.worker_id} (late, placed round {late.placed_round})")
+        dashed = " (┄┄ late joiners, under the deepest tree cluster they joined)" if hanging else ""
+        lines += ["", f"client tree ({t.linkage} linkage){dashed}:", *("  " + x for x in dendrogram(tree, hanging))]
     lines += ["", "which workers share an adapter, per layer (shallow -> deep):"]
     for layer in t.layers:
         groups = "  ".join("{" + " ".join(c.workers) + "}" for c in layer.clusters)
@@ -103,7 +108,24 @@ def render_tree(t: apb.GetTreeResponse) -> str:
         lines.append(
             f"  layer {layer.layer:>2}: {layer.cluster_count} cluster(s)  {groups}" + (f"   lambda: {lams}" if lams else "")
         )
+    if t.late_joiners:
+        lines += ["", "late joiners (placed without moving anyone; distance = mean to the cluster joined, deepest layer):"]
+        lines += ["  " + render_late(late) for late in t.late_joiners]
     return "\n".join(lines)
+
+
+def render_late(late: apb.LateJoiner) -> str:
+    """One late joiner: where it was placed (and from which layer it has its own branch), or its warmup."""
+    if not late.placed_round:
+        return f"{late.worker_id}: in its own warmup, {late.warmup_rounds_done}/{late.late_warmup_rounds} rounds pushed"
+    clusters = " ".join(str(p.cluster) + ("*" if p.new_branch else "") for p in late.layers)
+    line = (
+        f"{late.worker_id}: placed after round {late.placed_round}, distance {late.distance:.4g}, clusters per layer [{clusters}]"
+    )
+    if late.new_branch_from >= 0:
+        p = late.layers[late.new_branch_from]
+        line += f"; its own branch (*) from layer {p.layer} (nearest cluster at {p.distance:.4g} > threshold {p.threshold:.4g})"
+    return line
 
 
 def render_rounds(r: apb.GetRoundsResponse) -> str:

@@ -128,6 +128,8 @@ class RoundEngine:
         for worker_id in store.get("evicted") or []:
             if worker_id in self.workers:
                 self.workers[worker_id].activity = "evicted"
+            if self.strategy is not None:
+                self.strategy.evicted(worker_id)
 
     def resume(self) -> None:
         """Take the state directory over for serving: the one start-up step that writes. Records
@@ -490,6 +492,8 @@ class RoundEngine:
             if worker_id not in self.workers:
                 raise NotFound(f"unknown worker '{worker_id}'")
             self.workers[worker_id].activity = "evicted"
+            if self.strategy is not None:
+                self.strategy.evicted(worker_id)  # e.g. fedtree: no longer in a late joiner's placement
             cur = self.current
             if cur is not None and worker_id not in cur.pushed:
                 cur.participants.pop(worker_id, None)

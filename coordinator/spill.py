@@ -9,13 +9,19 @@ worker's B, not every worker's whole adapter.
 Constructing `Uploads` touches no file: a reader of a live coordinator's state must not delete the
 uploads its tree is about to be built from. The serving coordinator drops a dead process's spill
 explicitly with `discard_spill` when it resumes (RoundEngine.resume).
+
+Uploads kept past their round (the tree members' build-round uploads, for placing late joiners:
+coordinator/kept.py) move out of the round's spill directory by a rename (`take`), and an
+`index()` written with the strategy's checkpoint finds them again (`from_index`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -38,7 +44,7 @@ class Uploads:
         self.spill_dir = spill_dir
         self._weights: dict[str, float] = {}
         self._memory: dict[str, LayerTensors] = {}
-        self._layers: dict[str, dict[int, list[str]]] = {}  # spilled: worker -> layer -> names
+        self._layers: dict[str, dict[int, list[str]]] = {}  # worker -> layer -> names
 
     def _path(self, worker: str) -> Path:
         assert self.spill_dir is not None
@@ -46,6 +52,7 @@ class Uploads:
 
     def put(self, worker: str, update: LayerTensors, weight: float) -> None:
         self._weights[worker] = float(weight)
+        self._layers[worker] = {layer: sorted(tensors) for layer, tensors in update.items()}
         if self.spill_dir is None:
             self._memory[worker] = update
             return
@@ -54,7 +61,47 @@ class Uploads:
         tmp = self._path(worker).with_suffix(".tmp")
         save_file(flat, str(tmp))
         tmp.replace(self._path(worker))
-        self._layers[worker] = {layer: sorted(tensors) for layer, tensors in update.items()}
+
+    def take(self, worker: str, source: Uploads) -> None:
+        """Move `worker`'s upload from `source` into this one: a rename when both are spilled on
+        one file system (no copy), else its tensors; `source` forgets it."""
+        if self.spill_dir is not None and source.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(source._path(worker), self._path(worker))
+            self._weights[worker], self._layers[worker] = source._weights[worker], source._layers[worker]
+        else:
+            self.put(worker, source.get(worker), source.weight(worker))
+        source._forget(worker)
+
+    def drop(self, worker: str) -> None:
+        """Forget `worker`'s upload (and delete its file)."""
+        if self.spill_dir is not None and worker in self._weights:
+            self._path(worker).unlink(missing_ok=True)
+        self._forget(worker)
+
+    def _forget(self, worker: str) -> None:
+        self._weights.pop(worker, None)
+        self._memory.pop(worker, None)
+        self._layers.pop(worker, None)
+
+    def index(self) -> dict[str, Any]:
+        """JSON-safe: each worker's weight and tensor names per layer (its file is named by its id)."""
+        return {
+            "weights": dict(sorted(self._weights.items())),
+            "layers": {w: {str(layer): names for layer, names in sorted(ls.items())} for w, ls in sorted(self._layers.items())},
+        }
+
+    @classmethod
+    def from_index(cls, spill_dir: Path | None, index: dict[str, Any]) -> Uploads:
+        """The uploads `index()` described, read from `spill_dir` (None: the index alone, no tensors;
+        a read-only view of a coordinator's state never reads them). Touches no file."""
+        out = cls(spill_dir)
+        out._weights = {str(w): float(x) for w, x in index.get("weights", {}).items()}
+        out._layers = {
+            str(w): {int(layer): [str(n) for n in names] for layer, names in ls.items()}
+            for w, ls in index.get("layers", {}).items()
+        }
+        return out
 
     def workers(self) -> list[str]:
         return sorted(self._weights)
@@ -63,7 +110,7 @@ class Uploads:
         return self._weights[worker]
 
     def layers(self, worker: str) -> list[int]:
-        return sorted(self._memory[worker] if self.spill_dir is None else self._layers[worker])
+        return sorted(self._layers[worker])
 
     def get(self, worker: str) -> LayerTensors:
         """One worker's whole upload (its file read once when spilled)."""

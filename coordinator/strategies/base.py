@@ -10,8 +10,8 @@ once for every strategy: a strategy only says which group a worker's head belong
 checkpoint wrappers persist those sums beside the strategy's own state.
 
 Optional features are explicit methods with a default, not attributes to probe: `tree_view`
-(None: no client tree), `request_rebuild` (FailedPrecondition: nothing to rebuild) and
-`personalised` (the adapter a worker uses, as far as the coordinator can reproduce it, for
+(None: no client tree), `request_rebuild` (FailedPrecondition: nothing to rebuild), `evicted`
+(an operator evicted a worker: nothing to forget by default) and `personalised` (the adapter a worker uses, as far as the coordinator can reproduce it, for
 export; FailedPrecondition where part of it stays on the worker).
 The worker half of every strategy is in worker/strategies/, registered under the same name.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ from common.schema import HEAD_LAYER, Schema, UploadSpec
 from coordinator.heads import HeadSums, is_head_key
 from coordinator.robust import RobustBuffer
 from coordinator.tree import ClientTree
+from coordinator.tree.placement import Placement
 
 Tensors = dict[str, torch.Tensor]
 # layer -> tensors
@@ -65,6 +66,9 @@ class TreeView:
     clusters: list[list[list[str]]]  # per layer, the clusters as sorted worker ids
     rebuild_pending: bool  # an operator asked for a rebuild that has not happened yet
     warmup_rounds: int  # rounds of local training before the first build
+    placements: dict[str, Placement] = field(default_factory=dict)  # late joiners placed in this tree
+    late_pending: dict[str, int] = field(default_factory=dict)  # late joiners in their own warmup -> rounds pushed
+    late_warmup_rounds: int = 0  # rounds a late joiner trains locally before it is placed
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,9 @@ class Strategy(ABC):
     def request_rebuild(self, round: int) -> None:
         """Rebuild the client tree from the uploads of `round` (an operator's request)."""
         raise FailedPrecondition(f"strategy '{self.name}' has no client tree to rebuild")
+
+    def evicted(self, worker_id: str) -> None:  # noqa: B027 - optional hook
+        """An operator evicted `worker_id` for good (the engine no longer lets it push)."""
 
     def personalised(self, worker_id: str, round: int, metrics: Mapping[str, float]) -> PersonalAdapter:
         """The adapter `worker_id` would use in `round` as the coordinator can reproduce it, for

@@ -3,7 +3,9 @@
 Trains: A and B. Uploads: nothing during `run.fedtree.warmup_rounds` except at its last round
 (all A and B, for clustering); afterwards A and B of every layer. Uses: the weighted mean A and
 B of its cluster, in every layer; the clusters are one average-linkage clustering of the global
-B distance with k chosen by silhouette in 2..4. No external expert.
+B distance with k chosen by silhouette in 2..4. No external expert. A late joiner (see fedtree) is
+placed once, on the global distance, in the nearest flat cluster (or a new one of its own), the
+same in every layer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from coordinator.tree import build_tree, flat_clusters
 class Flat(FedTree):
     name = "flat"
     mixes_external = False
+    placement = "global"
 
     def _assign(self, workers: list[str], Dl: np.ndarray) -> list[np.ndarray]:
         D = Dl.mean(axis=0)

@@ -113,6 +113,17 @@ class ClientTree:
             raise ValueError(f"c must be in [1, {self.n}], got {c}")
         return self._cuts[c - 1].copy()
 
+    def node_of(self, leaves: Iterable[str]) -> int | None:
+        """The node (a leaf id < N, or N + i for merge i) whose leaves are exactly `leaves`; None if
+        no node holds exactly them (e.g. a cluster of a cut always is one)."""
+        wanted = frozenset(leaves)
+        if not wanted:
+            return None
+        sets: list[frozenset[str]] = [frozenset((leaf,)) for leaf in self.leaves]
+        for merge in self.merges:
+            sets.append(sets[merge.left] | sets[merge.right])
+        return next((node for node, members in enumerate(sets) if members == wanted), None)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (lists, str, int, float) for persistence."""
         return {

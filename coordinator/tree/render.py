@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from coordinator.tree.clustering import ClientTree
 
 
-def dendrogram(tree: ClientTree) -> list[str]:
-    """Indented text dendrogram, root first; inner nodes show merge distance and size."""
+def dendrogram(tree: ClientTree, late: Mapping[int, Sequence[str]] | None = None) -> list[str]:
+    """Indented text dendrogram, root first; inner nodes show merge distance and size. `late`
+    hangs extra lines (late joiners) as dashed leaves under a node: node id -> labels."""
     n = tree.n
-    if n == 1:
-        return [tree.leaves[0]]
+    late = late or {}
     lines: list[str] = []
+
+    def dashed(node: int, prefix: str) -> None:
+        lines.extend(f"{prefix}┄┄ {label}" for label in late.get(node, ()))
+
+    if n == 1:
+        lines.append(tree.leaves[0])
+        dashed(0, "   ")
+        return lines
 
     def walk(node: int, prefix: str, last: bool, root: bool) -> None:
         branch = "" if root else ("└─ " if last else "├─ ")
+        child_prefix = prefix if root else prefix + ("   " if last else "│  ")
         if node < n:
             lines.append(prefix + branch + tree.leaves[node])
+            dashed(node, child_prefix)
             return
         merge = tree.merges[node - n]
         lines.append(f"{prefix}{branch}● d={merge.distance:.4g} ({merge.size} workers)")
-        child_prefix = prefix if root else prefix + ("   " if last else "│  ")
+        dashed(node, child_prefix)
         walk(merge.left, child_prefix, False, False)
         walk(merge.right, child_prefix, True, False)
 

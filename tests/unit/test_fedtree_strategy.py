@@ -131,8 +131,10 @@ def test_state_and_meta_round_trip() -> None:
                 torch.testing.assert_close(a[key][n], b[key][n])
 
 
-def test_late_joiner_gets_everyones_mean() -> None:
-    s = strategy()
+def test_late_joiner_gets_everyones_mean_with_late_join_mean() -> None:
+    """The behaviour before placement existed, kept as the ablation `late_join: mean`
+    (placement: tests/unit/test_late_join.py)."""
+    s = strategy(late_join="mean")
     warm_up(s)
     got = by_role(s, "newcomer")
     assert all(role == Role.CLUSTER for _, role in got)

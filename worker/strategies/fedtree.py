@@ -1,12 +1,16 @@
 """FedTreeLoRA's worker: its own adapter during warmup, then the mixed experts.
 
 Rounds <= `fedtree.warmup_rounds`: plain LoRA (pulls, if any, overwrite the own adapter). From the
-first round after warmup: worker/mixed.py's cluster + external experts mixed by lambda =
+first round after warmup that brings a cluster expert: worker/mixed.py's cluster + external experts mixed by lambda =
 sigmoid(theta) per layer (with `fedtree.personal`, worker/personal.py's third, personal expert and
 phi), theta trained in its own optimiser group at `fedtree.theta_lr` and reported as lambda_<layer>
 (+ personal_<layer>). Checkpoint keys (stable since before this module): external/<layer>/<name>,
 theta/<layer>, personal/<layer>/<name>, phi/<layer>; metadata "mixed" and "pinned". Export: the
 exact rank-2r (3r with the personal expert) LoRA of the mix.
+A worker that joins after the tree is built (or missed the build round) is not told so: the
+coordinator sends it nothing while it runs its own warmup and is placed, so it keeps training its
+own adapter until the first pull that brings a cluster expert, whatever the round number. A round
+without downloads after the switch (re-placed after a rebuild) leaves the mix as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import torch
 
+from common.chunking import Role
 from common.lora import concat_experts, concat_weighted
 from worker.mixed import MixedExperts
 from worker.personal import PersonalExperts, mixed_experts
@@ -30,8 +35,11 @@ class FedTreeWorker(WorkerStrategy):
         self.mixed: MixedExperts | None = None  # after warmup
 
     def apply(self, round: int, pulled: Pulled) -> None:
-        if round <= self.run.fedtree.warmup_rounds:
-            super().apply(round, pulled)
+        experts = any(Role.CLUSTER in roles for roles in pulled.values())
+        if round <= self.run.fedtree.warmup_rounds or (self.mixed is None and not experts):
+            super().apply(round, pulled)  # warmup (also a late joiner's own): plain LoRA
+            return
+        if not experts:  # nothing pulled this round: keep the mix as it stands
             return
         if self.mixed is None:
             # with fedtree.personal, our adapter as it stands (end of warmup) becomes the personal

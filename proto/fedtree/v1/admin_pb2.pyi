@@ -178,6 +178,93 @@ class LayerCut(_message.Message):
 Global___LayerCut: _TypeAlias = LayerCut  # noqa: Y015
 
 @_typing.final
+class LatePlacement(_message.Message):
+    """Where a late joiner went in one layer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYER_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    NEW_BRANCH_FIELD_NUMBER: _builtins.int
+    layer: _builtins.int
+    cluster: _builtins.int
+    """the cluster it joined, or its own new branch's id"""
+    distance: _builtins.float
+    """mean distance to the members of its nearest cluster (the one joined unless new_branch)"""
+    threshold: _builtins.float
+    """late_threshold x the cut's merge distance; Infinity: no new branch possible here"""
+    new_branch: _builtins.bool
+    def __init__(
+        self,
+        *,
+        layer: _builtins.int = ...,
+        cluster: _builtins.int = ...,
+        distance: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        new_branch: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "distance", b"distance", "layer", b"layer", "new_branch", b"new_branch", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatePlacement: _TypeAlias = LatePlacement  # noqa: Y015
+
+@_typing.final
+class LateJoiner(_message.Message):
+    """A worker that joined after the tree was built (fedtree.late_join: place): placed in the tree
+    without moving anyone, or still in its own warmup.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    PLACED_ROUND_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    NEW_BRANCH_FROM_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    WARMUP_ROUNDS_DONE_FIELD_NUMBER: _builtins.int
+    LATE_WARMUP_ROUNDS_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    placed_round: _builtins.int
+    """the round whose upload placed it; 0: still in its own warmup"""
+    distance: _builtins.float
+    """to the cluster it joined in the deepest layer"""
+    new_branch_from: _builtins.int
+    """the shallowest layer where it has a branch of its own; -1: none"""
+    anchor: _builtins.int
+    """tree node (leaf id, or number of leaves + i for merge i) of the deepest tree cluster it joined; -1: none"""
+    warmup_rounds_done: _builtins.int
+    """rounds of its own warmup pushed so far (while not placed)"""
+    late_warmup_rounds: _builtins.int
+    """rounds of its own warmup before it is placed"""
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LatePlacement]: ...
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        placed_round: _builtins.int = ...,
+        distance: _builtins.float = ...,
+        new_branch_from: _builtins.int = ...,
+        anchor: _builtins.int = ...,
+        warmup_rounds_done: _builtins.int = ...,
+        late_warmup_rounds: _builtins.int = ...,
+        layers: _abc.Iterable[Global___LatePlacement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchor", b"anchor", "distance", b"distance", "late_warmup_rounds", b"late_warmup_rounds", "layers", b"layers", "new_branch_from", b"new_branch_from", "placed_round", b"placed_round", "warmup_rounds_done", b"warmup_rounds_done", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LateJoiner: _TypeAlias = LateJoiner  # noqa: Y015
+
+@_typing.final
 class GetTreeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -204,6 +291,7 @@ class GetTreeResponse(_message.Message):
     MERGES_FIELD_NUMBER: _builtins.int
     LAYERS_FIELD_NUMBER: _builtins.int
     REBUILD_PENDING_FIELD_NUMBER: _builtins.int
+    LATE_JOINERS_FIELD_NUMBER: _builtins.int
     strategy: _builtins.str
     built: _builtins.bool
     """False until the tree (or clustering) has been built after warmup."""
@@ -218,6 +306,10 @@ class GetTreeResponse(_message.Message):
     def merges(self) -> _containers.RepeatedCompositeFieldContainer[Global___Merge]: ...
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerCut]: ...
+    @_builtins.property
+    def late_joiners(self) -> _containers.RepeatedCompositeFieldContainer[Global___LateJoiner]:
+        """in worker id order"""
+
     def __init__(
         self,
         *,
@@ -229,10 +321,11 @@ class GetTreeResponse(_message.Message):
         merges: _abc.Iterable[Global___Merge] | None = ...,
         layers: _abc.Iterable[Global___LayerCut] | None = ...,
         rebuild_pending: _builtins.bool = ...,
+        late_joiners: _abc.Iterable[Global___LateJoiner] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["built", b"built", "built_round", b"built_round", "layers", b"layers", "leaves", b"leaves", "linkage", b"linkage", "merges", b"merges", "rebuild_pending", b"rebuild_pending", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["built", b"built", "built_round", b"built_round", "late_joiners", b"late_joiners", "layers", b"layers", "leaves", b"leaves", "linkage", b"linkage", "merges", b"merges", "rebuild_pending", b"rebuild_pending", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
