@@ -153,3 +153,27 @@ def test_a_fedtree_checkpoint_of_the_earlier_layout_still_loads(tiny_model_dir: 
             torch.testing.assert_close(restored.lm.params[layer][name].detach(), own[layer][name])
     for name, tensor in restored.lm.head_state().items():
         torch.testing.assert_close(tensor, tensors[f"head/{name}"])
+
+
+def test_a_fedtree_late_joiner_trains_its_own_adapter_until_the_first_cluster_expert(tiny_model_dir: Path) -> None:
+    """The coordinator sends a late joiner nothing while it warms up and is placed, whatever the
+    round number: it stays plain LoRA, then switches to the mix with the first cluster expert; a
+    round without downloads after that leaves the mix alone."""
+    run = RunConfig.model_validate({"strategy": "fedtree", "lora": LORA.model_dump(), "fedtree": {"warmup_rounds": 2}})
+    lm, strategy = prepared(tiny_model_dir, run)
+    lm.load_layers(randomise(lm, 4))  # what it trained so far
+    own = lm.layers()
+    strategy.apply(7, {})  # round 7 > warmup, nothing pulled: its own warmup
+    assert strategy.mixed is None and strategy.metrics() == {}  # type: ignore[attr-defined]
+    for layer, named in lm.layers().items():
+        for name, tensor in named.items():
+            torch.testing.assert_close(tensor, own[layer][name])
+    cluster, external = randomise(lm, 5), randomise(lm, 6)
+    strategy.apply(9, {layer: {Role.CLUSTER: cluster[layer], Role.EXTERNAL: external[layer]} for layer in cluster})
+    mixed = strategy.mixed  # type: ignore[attr-defined]
+    assert mixed is not None and not mixed.pinned
+    strategy.apply(10, {})
+    assert strategy.mixed is mixed and not mixed.pinned  # type: ignore[attr-defined]
+    for layer, named in external.items():
+        for name, tensor in named.items():
+            torch.testing.assert_close(mixed.external[layer][name].detach(), tensor)
