@@ -15,9 +15,10 @@ Late joiners (`fedtree.late_join: place`, beyond the paper): a worker with no pl
 it trains locally, as the original workers did in warmup, until it has pushed
 `late_warmup_rounds` rounds (its warmup pushes before the build count); in the last of them it
 uploads all its A and B, and at that round's close it is placed in the tree without moving
-anyone (coordinator/tree/placement.py): per layer the nearest cluster of the cut, nested, or a
-new branch of its own (its upload is that branch's first expert) when it is farther than
-`late_threshold` x the cut's merge distance. The members' build-round uploads it is measured
+anyone (coordinator/tree/placement.py): the nested path of the cuts' clusters nearest to it
+(average linkage, each layer under its own distance), and a new branch of its own (its upload is
+that branch's first expert) from the first layer where it is farther than `late_threshold` x the
+cut's merge distance. The members' build-round uploads it is measured
 against are kept on disk (coordinator/kept.py), one layer of every member read at a time; a
 placed joiner's upload joins them. From the next round it pulls and pushes like every member.
 Departures: an evicted or lost worker pushes nothing, so it stops contributing; a cluster nobody
@@ -48,7 +49,7 @@ from coordinator.kept import MemberUploads, members_dir
 from coordinator.spill import Uploads
 from coordinator.strategies.base import EXPORT_FROM_WORKER, Download, LayerTensors, PersonalAdapter, Strategy, TreeView
 from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
-from coordinator.tree.placement import LayerPlace, Placement, place_layer
+from coordinator.tree.placement import LayerPlace, Placement, place_layer, place_nested, threshold
 from coordinator.tree.render import dendrogram, layer_groups
 
 log = logging.getLogger(__name__)
@@ -276,26 +277,26 @@ class FedTree(Strategy):
             yield layer, Dl[0, 1:], Dl[1:, 1:]
 
     def _choose(self, worker: str, members: list[str]) -> list[LayerPlace]:
-        """Its place per layer among the members' clusters (the cluster is the nearest one where it branches off)."""
+        """Its place per layer among the members' clusters (coordinator/tree/placement.py; the
+        cluster is the one it was measured against where it branches off)."""
         factor = self.cfg.late_threshold
         layers = self.all_layers()
-        labels = {layer: np.array([self.assignment[layer][m] for m in members]) for layer in layers}
+        labels = [np.array([self.assignment[layer][m] for m in members]) for layer in layers]
+        d: list[np.ndarray] = []
+        limits: list[float] = []
+        D_sum = np.zeros((len(members), len(members)))
+        for i, (_, d_l, D_l) in enumerate(self._member_distances(worker, members)):
+            d.append(d_l)
+            if self.placement == "global":
+                D_sum += D_l
+            else:
+                limits.append(threshold(D_l, labels[i], factor))
         if self.placement == "global":  # flat: one clustering, placed once on the mean over layers
-            d_sum, D_sum = np.zeros(len(members)), np.zeros((len(members), len(members)))
-            for _, d, D in self._member_distances(worker, members):
-                d_sum, D_sum = d_sum + d, D_sum + D
-            one = place_layer(d_sum / len(layers), D_sum / len(layers), labels[layers[0]], None, factor)
+            one = place_layer(np.mean(d, axis=0), labels[0], threshold(D_sum / len(layers), labels[0], factor))
             return [one] * len(layers)
-        out: list[LayerPlace] = []
-        for layer, d, D in self._member_distances(worker, members):
-            eligible = None
-            if self.placement == "nested" and out:  # inside the cluster it joined one layer up (none: its branch)
-                above = out[-1]
-                eligible = (
-                    np.zeros(len(members), dtype=bool) if above.new_branch else labels[layers[len(out) - 1]] == above.cluster
-                )
-            out.append(place_layer(d, D, labels[layer], eligible, factor))
-        return out
+        if self.placement == "per_layer":
+            return [place_layer(d_l, labels_l, limit) for d_l, labels_l, limit in zip(d, labels, limits, strict=True)]
+        return place_nested(d, labels, limits)
 
     def _place(self, worker: str, round: int) -> None:
         """Place a late joiner from the upload of its last late-warmup round, moving nobody."""

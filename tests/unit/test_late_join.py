@@ -20,7 +20,7 @@ from coordinator.strategies.fedtree import FedTree
 from coordinator.strategies.flat import Flat
 from coordinator.strategies.indep import Indep
 from coordinator.tree import build_tree
-from coordinator.tree.placement import Placement, cut_merge_distance, place_layer
+from coordinator.tree.placement import Placement, cut_merge_distance, place_layer, place_nested, threshold
 from coordinator.tree.render import dendrogram
 
 Update = dict[int, dict[str, torch.Tensor]]
@@ -63,22 +63,40 @@ def test_cut_merge_distance_is_the_closest_pair_of_clusters_by_average_linkage()
         assert cut_merge_distance(D, tree.partition(c)) == pytest.approx(above)
 
 
-def test_place_layer_nearest_by_mean_distance_threshold_and_eligibility() -> None:
+def test_place_layer_nearest_by_mean_distance_and_threshold() -> None:
     D = np.array([[0, 1, 4, 6], [1, 0, 5, 7], [4, 5, 0, 2], [6, 7, 2, 0]], dtype=float)
     labels = np.array([0, 0, 1, 1])
-    near_second = place_layer(np.array([5.0, 5.0, 1.0, 2.0]), D, labels, None, 1.0)
+    limit = threshold(D, labels, 1.0)
+    assert limit == pytest.approx(5.5)
+    near_second = place_layer(np.array([5.0, 5.0, 1.0, 2.0]), labels, limit)
     assert (near_second.cluster, near_second.distance, near_second.new_branch) == (1, 1.5, False)
-    assert near_second.threshold == pytest.approx(5.5)
-    far = place_layer(np.array([9.0, 9.0, 8.0, 8.0]), D, labels, None, 1.0)
+    far = place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, limit)
     assert far.new_branch and far.nearest == 1 and far.distance == 8.0
-    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), D, labels, None, None).new_branch  # no threshold
-    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), D, labels, None, 2.0).new_branch  # a looser one
-    inside_first = place_layer(np.array([5.0, 5.0, 1.0, 2.0]), D, labels, np.array([True, True, False, False]), 1.0)
-    assert inside_first.cluster == 0 and inside_first.distance == 5.0  # nested: only inside the cluster above
-    forced = place_layer(np.array([5.0, 5.0, 1.0, 2.0]), D, labels, np.zeros(4, dtype=bool), 1.0)
-    assert forced.new_branch  # its branch began above
-    one = place_layer(np.array([50.0] * 4), D, np.zeros(4, dtype=int), None, 1.0)
+    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, threshold(D, labels, None)).new_branch  # no threshold
+    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, threshold(D, labels, 2.0)).new_branch  # a looser one
+    trunk = np.zeros(4, dtype=int)
+    one = place_layer(np.array([50.0] * 4), trunk, threshold(D, trunk, 1.0))
     assert one.cluster == 0 and not one.new_branch and math.isinf(one.threshold)  # a trunk is shared by all
+    tie = place_layer(np.array([1.0, 1.0, 1.0, 1.0]), labels, limit)
+    assert tie.cluster == 0
+
+
+def test_place_nested_takes_the_path_nearest_over_all_layers_then_branches_where_too_far() -> None:
+    shallow = np.array([0, 0, 1, 1])  # {a, b} | {c, d}
+    deep = np.array([0, 1, 2, 3])  # every member on its own, inside its shallow cluster
+    # layer 0 slightly prefers {c, d}; layer 1 strongly prefers b: the path through b wins
+    d = [np.array([1.0, 1.0, 0.9, 0.9]), np.array([3.0, 0.5, 3.0, 3.0])]
+    got = place_nested(d, [shallow, deep], [10.0, 10.0])
+    assert [p.cluster for p in got] == [0, 1] and not any(p.new_branch for p in got)
+    assert got[0].distance == 1.0 and got[1].distance == 0.5
+    # greedy from the top would have taken {c, d}: the nearest cluster of layer 0 alone
+    assert place_layer(d[0], shallow, 10.0).cluster == 1
+    # too far in layer 1: its own branch from there (measured against its path's cluster)
+    branched = place_nested(d, [shallow, deep], [10.0, 0.4])
+    assert [p.new_branch for p in branched] == [False, True] and branched[1].nearest == 1
+    # too far already in layer 0: a branch in every deeper layer too
+    top = place_nested(d, [shallow, deep], [0.5, 10.0])
+    assert [p.new_branch for p in top] == [True, True]
 
 
 # -- the strategy ---------------------------------------------------------------------------------
@@ -142,7 +160,9 @@ def test_placement_nests_as_the_cuts_do() -> None:
     """A joiner nearest to w2's subgroup in a deep layer, but in w0's group above, stays in w0's branch."""
     s = strategy(tau=-1.0, late_threshold=None)
     warm_up(s)
-    odd = {layer: {A: torch.full((2, 4), 1.5), B: torch.full((4, 2), 1.0 if layer < 2 else -1.0) * layer} for layer in range(LAYERS)}
+    odd = {
+        layer: {A: torch.full((2, 4), 1.5), B: torch.full((4, 2), 1.0 if layer < 2 else -1.0) * layer} for layer in range(LAYERS)
+    }
     join_late(s, "x", odd)
     for layer in range(1, LAYERS):
         inside = {w for w, c in s.assignment[layer].items() if c == s.assignment[layer]["x"]}
