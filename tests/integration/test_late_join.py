@@ -12,6 +12,7 @@ the random tiny model separates the tasks on seed 0 (the tree: {client-0, 2, 3} 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from bench.late_join import LateOutcome, Settings, run_late_federation, with_its
 from common.config import CoordinatorConfig  # noqa: E402
 from coordinator.admin_cli import render_tree  # noqa: E402
 from coordinator.server import Coordinator  # noqa: E402
+from coordinator.strategies.fedtree import FedTree  # noqa: E402
 from coordinator.tree import ClientTree  # noqa: E402
 from worker.data.planted import PlantedClient, planted_federation  # noqa: E402
 
@@ -32,6 +34,9 @@ pytestmark = [pytest.mark.corpora]
 SETTINGS = Settings(
     seed=0, warmup_rounds=2, rounds=5, local_steps=4, train_size=32, val_size=8, fedtree={"tau": -1.0}
 )  # tau -1: split wherever the silhouette is positive
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ADMIN = "adm"
 LIKE = "client-1"  # wordnet_pos, skew subgroup 0: its partner client-0 is in the tree
 UNLIKE = "unlike"
 
@@ -82,33 +87,79 @@ def test_a_late_joiner_with_unlike_data_gets_a_branch_of_its_own(run: tuple[Late
     assert branched == list(range(branched[0], len(layers)))  # nested: kept in every deeper layer
 
 
-def test_placements_survive_a_coordinator_restart(run: tuple[LateOutcome, list[PlantedClient]]) -> None:
+@pytest.fixture(scope="module")
+def restarted(run: tuple[LateOutcome, list[PlantedClient]]) -> Iterator[tuple[Coordinator, int]]:
+    """A new coordinator on the run's state directory (restored from its last checkpoint, then
+    resume(), as a restarted process does), with the Admin API and the dashboard on."""
     from coordinator.state import StateStore
-    from proto.fedtree.v1 import admin_pb2 as apb
-    from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
 
     outcome, _ = run
     stored = StateStore(outcome.state_dir, read_only=True)
     raw = stored.get("config")
     stored.close()
-    config = CoordinatorConfig.model_validate({**raw, "state_dir": str(outcome.state_dir), "admin_token": "adm", "port": 0})
-    coordinator = Coordinator(config)  # a new process's coordinator: restored from the last checkpoint, then resume()
+    overrides = {"state_dir": str(outcome.state_dir), "admin_token": ADMIN, "port": 0, "dashboard_port": 0}
+    coordinator = Coordinator(CoordinatorConfig.model_validate({**raw, **overrides}))
     port = coordinator.start()
     try:
-        strategy = coordinator.engine.strategy
-        assert strategy is not None
-        assert {w: p.to_dict() for w, p in strategy.placements.items()} == outcome.meta["placements"]
-        assert (outcome.state_dir / "tree-members" / "round-00002").is_dir()
-        assert sorted(strategy.members.workers()) == sorted([*ClientTree.from_dict(outcome.meta["tree"]).leaves, LIKE, UNLIKE])
-        assert strategy.downloads(LIKE, 6) and strategy.head_group(LIKE, 6) == strategy.head_group("client-0", 6)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            tree = apb_grpc.AdminStub(channel).GetTree(
-                apb.GetTreeRequest(), metadata=(("authorization", "Bearer adm"),), timeout=10
-            )
-        late = {j.worker_id: j for j in tree.late_joiners}
-        assert set(late) == {LIKE, UNLIKE} and late[LIKE].placed_round == 4 and late[LIKE].new_branch_from == -1
-        assert late[UNLIKE].new_branch_from >= 0 and late[LIKE].anchor >= 0
-        text = render_tree(tree)
-        assert f"┄┄ {LIKE} (late, placed round 4)" in text and f"{UNLIKE}: placed after round 4" in text
+        yield coordinator, port
     finally:
         coordinator.stop(grace=0.1)
+
+
+def test_placements_survive_a_coordinator_restart(
+    run: tuple[LateOutcome, list[PlantedClient]], restarted: tuple[Coordinator, int]
+) -> None:
+    from proto.fedtree.v1 import admin_pb2 as apb
+    from proto.fedtree.v1 import admin_pb2_grpc as apb_grpc
+
+    outcome, _ = run
+    coordinator, port = restarted
+    strategy = coordinator.engine.strategy
+    assert isinstance(strategy, FedTree)
+    assert {w: p.to_dict() for w, p in strategy.placements.items()} == outcome.meta["placements"]
+    assert (outcome.state_dir / "tree-members" / "round-00002").is_dir()
+    assert sorted(strategy.members.workers()) == sorted([*ClientTree.from_dict(outcome.meta["tree"]).leaves, LIKE, UNLIKE])
+    assert strategy.downloads(LIKE, 6) and strategy.head_group(LIKE, 6) == strategy.head_group("client-0", 6)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        tree = apb_grpc.AdminStub(channel).GetTree(
+            apb.GetTreeRequest(), metadata=(("authorization", f"Bearer {ADMIN}"),), timeout=10
+        )
+    late = {j.worker_id: j for j in tree.late_joiners}
+    assert set(late) == {LIKE, UNLIKE} and late[LIKE].placed_round == 4 and late[LIKE].new_branch_from == -1
+    assert late[UNLIKE].new_branch_from >= 0 and late[LIKE].anchor >= 0
+    text = render_tree(tree)  # what `fedtree admin tree` prints
+    assert f"┄┄ {LIKE} (late, placed round 4)" in text and f"{UNLIKE}: placed after round 4" in text
+
+
+@pytest.mark.browser
+def test_dashboard_draws_late_joiners_as_dashed_leaves(restarted: tuple[Coordinator, int]) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install the Debian package `chromium` (make install-system)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the `playwright` Python package is missing")
+    coordinator, _ = restarted
+    assert coordinator.dashboard is not None
+    base = coordinator.dashboard.url.rstrip("/")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless=new", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(base + "/")
+            page.wait_for_url("**/login", timeout=15_000)
+            page.fill("#token", ADMIN)
+            page.click("button[type=submit]")
+            page.wait_for_url(base + "/", timeout=15_000)
+            page.wait_for_function("document.querySelectorAll('#tree .leaf').length === 9", timeout=15_000)
+            late = page.eval_on_selector_all("#tree .leaf.late", "els => els.map(e => e.dataset.worker)")
+            assert sorted(late) == sorted([LIKE, UNLIKE])
+            links = page.eval_on_selector_all("#tree path.late-link", "els => els.map(e => e.dataset.worker)")
+            assert sorted(links) == sorted([LIKE, UNLIKE])
+            cuts = page.eval_on_selector_all("#tree line.cut", "els => els.map(e => +e.dataset.clusters)")
+            assert cuts == [2, 2]  # the tree's own cuts, not counting the late joiner's own branch
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-late-join.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors
