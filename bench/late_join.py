@@ -56,13 +56,13 @@ CONDITIONS = ("place", "mean", "present")
 class Settings:
     seed: int = 0
     warmup_rounds: int = 2
-    rounds: int = 7  # 2 warmup, 2 late warmup (placed after round 4), 3 rounds with experts
-    local_steps: int = 6
+    rounds: int = 6  # 2 warmup, 2 late warmup (placed after round 4), 2 rounds with experts
+    local_steps: int = 4
     train_size: int = 48
     val_size: int = 24
     batch_size: int = 16
     learning_rate: float = 2e-3  # bench/tree_recovery.py's
-    max_seq_length: int = 48
+    max_seq_length: int = 40
     concentration: float = 0.9
     fedtree: dict[str, Any] = field(default_factory=dict)  # further fedtree knobs
 
@@ -205,6 +205,14 @@ def with_its_task(meta: dict[str, Any], clients: Sequence[PlantedClient], worker
     return True if checked else None
 
 
+def with_its_partner(meta: dict[str, Any], clients: Sequence[PlantedClient], worker: str) -> bool:
+    """Is `worker` in the deepest layer's cluster of the other client(s) of its planted subgroup?"""
+    subgroup = {c.client_id: c.subgroup for c in clients}
+    deepest = meta["assignment"][max(meta["assignment"], key=int)]
+    mates = {w for w, c in deepest.items() if c == deepest[worker] and w != worker}
+    return any(subgroup.get(w) == subgroup[worker] for w in mates)
+
+
 # -- report -----------------------------------------------------------------------------------------
 def late_accuracy(outcome: LateOutcome, after: int) -> tuple[float, float]:
     """(the late joiners' mean accuracy after the last round, its mean over rounds > `after`)."""
@@ -245,13 +253,19 @@ def table(outcomes: list[LateOutcome], clients_of: dict[int, list[PlantedClient]
     for s in seeds:
         o = by.get(("place", s))
         if o is not None:
-            marks = [with_its_task(o.meta, clients_of[s], w) for w in o.late]
-            landed.append(f"seed {s}: {sum(m is True for m in marks)}/{sum(m is not None for m in marks)}")
-    return "\n".join(rows) + (
-        "\n\nPlaced with its task (every layer where its task has clusters of its own): " + ", ".join(landed) + "."
-        if landed
-        else ""
+            clients = clients_of[s]
+            task = [with_its_task(o.meta, clients, w) for w in o.late]
+            partner = [with_its_partner(o.meta, clients, w) for w in o.late]
+            branched = [w for w in o.late if any(row[4] for row in o.meta["placements"][w]["layers"])]
+            landed.append(
+                f"seed {s}: with its task {sum(m is True for m in task)}/{sum(m is not None for m in task)}, with its "
+                f"subgroup partner in the deepest layer {sum(partner)}/{len(partner)}, a branch of its own {len(branched)}"
+            )
+    note = (
+        "\n\nWhere the late joiners went (with its task: in every layer where its task has clusters of its own, in one "
+        "of them; layers where tasks share a cluster do not count): " + "; ".join(landed) + "."
     )
+    return "\n".join(rows) + (note if landed else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = ""
                 if condition == "place":
                     extra = "; with its task: " + str([with_its_task(outcome.meta, clients, w) for w in late])
+                    extra += ", with its partner: " + str([with_its_partner(outcome.meta, clients, w) for w in late])
                 print(
                     f"seed {seed} {condition}: late joiners {late} accuracy {100 * final:.1f} (rounds > {placed_after}: "
                     f"{100 * over:.1f}) in {outcome.seconds:.0f} s{extra}",

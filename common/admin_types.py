@@ -61,7 +61,7 @@ class LatePlacementView:
     layer: int
     cluster: int  # the cluster it joined, or its own new branch's id
     distance: float  # mean distance to the members of its nearest cluster (the one joined unless new_branch)
-    threshold: float  # late_threshold x the cut's merge distance; inf: no new branch possible here
+    threshold: float  # late_threshold x the merge distance of its cluster at the cut; inf: no new branch possible here
     new_branch: bool
 
 

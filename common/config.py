@@ -112,9 +112,9 @@ class FedTreeConfig(_Frozen):
     late_threshold: float | None = Field(
         1.0,
         gt=0,
-        description="late_join place: a late joiner whose mean distance to its nearest cluster of a layer exceeds this "
-        "times the cut's merge distance there (the smallest average-linkage distance between two of the layer's clusters) "
-        "gets its own branch from that layer down (its own expert + the external one); None = always the nearest cluster.",
+        description="late_join place: a late joiner whose mean distance to the cluster it would join in a layer exceeds "
+        "this times that cluster's merge distance at the cut (its average-linkage distance to the nearest other cluster "
+        "of the layer) gets its own branch from that layer down (its own expert + the external one); None = always join.",
     )
     theta_lr: float = Field(1e-2, gt=0, description="Learning rate of the mixing logits theta (own optimiser group).")
     lambda_init: float = Field(

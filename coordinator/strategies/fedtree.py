@@ -17,9 +17,9 @@ it trains locally, as the original workers did in warmup, until it has pushed
 uploads all its A and B, and at that round's close it is placed in the tree without moving
 anyone (coordinator/tree/placement.py): the nested path of the cuts' clusters nearest to it
 (average linkage, each layer under its own distance), and a new branch of its own (its upload is
-that branch's first expert) from the first layer where it is farther than `late_threshold` x the
-cut's merge distance. The members' build-round uploads it is measured
-against are kept on disk (coordinator/kept.py), one layer of every member read at a time; a
+that branch's first expert) from the first layer where it is farther than `late_threshold` x
+that cluster's merge distance at the cut (its distance to the nearest other cluster). The
+members' build-round uploads it is measured against are kept on disk (coordinator/kept.py), one layer of every member read at a time; a
 placed joiner's upload joins them. From the next round it pulls and pushes like every member.
 Departures: an evicted or lost worker pushes nothing, so it stops contributing; a cluster nobody
 pushes to keeps its last expert; an evicted worker no longer counts in placements.
@@ -49,7 +49,7 @@ from coordinator.kept import MemberUploads, members_dir
 from coordinator.spill import Uploads
 from coordinator.strategies.base import EXPORT_FROM_WORKER, Download, LayerTensors, PersonalAdapter, Strategy, TreeView
 from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
-from coordinator.tree.placement import LayerPlace, Placement, place_layer, place_nested, threshold
+from coordinator.tree.placement import LayerPlace, Placement, place_layer, place_nested, thresholds
 from coordinator.tree.render import dendrogram, layer_groups
 
 log = logging.getLogger(__name__)
@@ -283,16 +283,16 @@ class FedTree(Strategy):
         layers = self.all_layers()
         labels = [np.array([self.assignment[layer][m] for m in members]) for layer in layers]
         d: list[np.ndarray] = []
-        limits: list[float] = []
+        limits: list[dict[int, float]] = []
         D_sum = np.zeros((len(members), len(members)))
         for i, (_, d_l, D_l) in enumerate(self._member_distances(worker, members)):
             d.append(d_l)
             if self.placement == "global":
                 D_sum += D_l
             else:
-                limits.append(threshold(D_l, labels[i], factor))
+                limits.append(thresholds(D_l, labels[i], factor))
         if self.placement == "global":  # flat: one clustering, placed once on the mean over layers
-            one = place_layer(np.mean(d, axis=0), labels[0], threshold(D_sum / len(layers), labels[0], factor))
+            one = place_layer(np.mean(d, axis=0), labels[0], thresholds(D_sum / len(layers), labels[0], factor))
             return [one] * len(layers)
         if self.placement == "per_layer":
             return [place_layer(d_l, labels_l, limit) for d_l, labels_l, limit in zip(d, labels, limits, strict=True)]

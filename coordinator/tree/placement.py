@@ -11,11 +11,12 @@ its deepest-layer cluster. It takes the path whose clusters are nearest summed o
 average linkage under the tree's own global distance, the mean of the layer distances) rather
 than the nearest cluster layer by layer from the top: a shallow layer, where clients differ
 least, does not then decide alone on the deeper ones. Walking down that path, it joins each
-layer's cluster unless its distance to it exceeds the layer's threshold, `factor` x the cut's
-merge distance (the smallest average-linkage distance between two clusters of the layer's cut;
-for a cut of an average-linkage tree, the distance of the next merge above the cut): from that
-layer down it has a new branch of its own. A layer with one cluster has no merge above its cut:
-everyone, the joiner included, shares its trunk.
+layer's cluster unless its distance to it exceeds `factor` x that cluster's merge distance at the
+cut (its average-linkage distance to the nearest other cluster of the layer's cut: the distance
+at which average linkage would merge it next, so a joiner farther than that would have stayed
+apart at this cut had it been there at the build); from that layer down it has a new branch of
+its own. A layer with one cluster has no merge above its cut: everyone, the joiner included,
+shares its trunk.
 
 Independent (indep, `place_layer` per layer) and global (flat: one placement on the mean over
 layers, the same cluster in every layer) use the same rule on one layer at a time.
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LayerPlace", "Placement", "cut_merge_distance", "place_layer", "place_nested", "threshold"]
+__all__ = ["LayerPlace", "Placement", "merge_distances", "place_layer", "place_nested", "thresholds"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class LayerPlace:
     cluster: int  # the cluster it joined, or (new_branch) the id of its own new cluster
     nearest: int  # the existing cluster it was measured against (= cluster unless new_branch; -1: none)
     distance: float  # its mean distance to the members of `nearest` under the layer distance
-    threshold: float  # factor x the cut's merge distance (inf: no new branch possible in this layer)
+    threshold: float  # factor x the merge distance of `nearest` at the cut (inf: no new branch possible here)
     new_branch: bool
 
     def to_list(self) -> list[Any]:
@@ -86,47 +87,47 @@ def _cluster_means(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     return ids, (values @ onehot) / onehot.sum(axis=0)
 
 
-def cut_merge_distance(D: np.ndarray, labels: np.ndarray) -> float | None:
-    """The smallest average-linkage distance between two clusters of the partition `labels` under
-    the (N, N) distance `D` (the mean over member pairs); None with fewer than two clusters."""
+def merge_distances(D: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Per cluster of the partition `labels` under the (N, N) distance `D`: its average-linkage
+    distance (the mean over member pairs) to the nearest other cluster, the distance at which
+    average linkage would merge it next; inf with fewer than two clusters."""
     ids, inverse = np.unique(labels, return_inverse=True)
     if len(ids) < 2:
-        return None
+        return {int(c): math.inf for c in ids}
     onehot = np.zeros((len(labels), len(ids)))
     onehot[np.arange(len(labels)), inverse.reshape(-1)] = 1.0
     counts = onehot.sum(axis=0)
     means = (onehot.T @ D @ onehot) / np.outer(counts, counts)
     np.fill_diagonal(means, np.inf)
-    return float(means.min())
+    return {int(c): float(m) for c, m in zip(ids, means.min(axis=1), strict=True)}
 
 
-def threshold(D: np.ndarray, labels: np.ndarray, factor: float | None) -> float:
-    """A layer's new-branch threshold: `factor` x the cut's merge distance; inf where there is none
-    (one cluster) or `factor` is None (never a new branch)."""
-    merge = cut_merge_distance(D, labels)
-    return math.inf if merge is None or factor is None else factor * merge
+def thresholds(D: np.ndarray, labels: np.ndarray, factor: float | None) -> dict[int, float]:
+    """Per cluster of a layer's cut, the new-branch threshold: `factor` x its merge distance; inf
+    where it has none (one cluster) or `factor` is None (never a new branch)."""
+    return {c: math.inf if factor is None else factor * m for c, m in merge_distances(D, labels).items()}
 
 
-def place_layer(d: np.ndarray, labels: np.ndarray, limit: float) -> LayerPlace:
+def place_layer(d: np.ndarray, labels: np.ndarray, limits: dict[int, float]) -> LayerPlace:
     """One layer on its own: the nearest cluster (ties to the smaller id) of the members at
-    distances `d` (N,) with clusters `labels` (N,); a new branch when it is farther than `limit`.
-    The returned `cluster` is the nearest one also where `new_branch` is set (the strategy gives the
-    branch its id)."""
+    distances `d` (N,) with clusters `labels` (N,); a new branch when it is farther than that
+    cluster's threshold in `limits`. The returned `cluster` is the nearest one also where
+    `new_branch` is set (the strategy gives the branch its id)."""
     if len(labels) == 0:
-        return LayerPlace(-1, -1, math.inf, limit, True)
+        return LayerPlace(-1, -1, math.inf, math.inf, True)
     ids, means = _cluster_means(np.asarray(d, dtype=float), np.asarray(labels))
     best = int(np.argmin(means))  # the first, i.e. the smallest id, on ties
     nearest, distance = int(ids[best]), float(means[best])
-    return LayerPlace(nearest, nearest, distance, limit, distance > limit)
+    return LayerPlace(nearest, nearest, distance, limits[nearest], distance > limits[nearest])
 
 
-def place_nested(d: list[np.ndarray], labels: list[np.ndarray], limits: list[float]) -> list[LayerPlace]:
+def place_nested(d: list[np.ndarray], labels: list[np.ndarray], limits: list[dict[int, float]]) -> list[LayerPlace]:
     """Per layer (shallow to deep) of nested cuts: the joiner's distances `d[l]` (N,) to the
-    members, their clusters `labels[l]` (N,) and the layer's threshold `limits[l]`. The path of
+    members, their clusters `labels[l]` (N,) and the clusters' thresholds `limits[l]`. The path of
     clusters with the smallest summed distance, then a new branch from the first layer where its
-    cluster is farther than the threshold (every deeper layer too)."""
+    cluster is farther than that cluster's threshold (every deeper layer too)."""
     if not labels or len(labels[0]) == 0:
-        return [LayerPlace(-1, -1, math.inf, limit, True) for limit in limits]
+        return [LayerPlace(-1, -1, math.inf, math.inf, True) for _ in limits]
     means = [
         dict(zip(*(x.tolist() for x in _cluster_means(np.asarray(dl, dtype=float), np.asarray(ll))), strict=True))
         for dl, ll in zip(d, labels, strict=True)
@@ -140,7 +141,7 @@ def place_nested(d: list[np.ndarray], labels: list[np.ndarray], limits: list[flo
     out: list[LayerPlace] = []
     branched = False
     for layer, cluster in enumerate(paths[best]):
-        distance = float(means[layer][cluster])
-        branched = branched or distance > limits[layer]
-        out.append(LayerPlace(cluster, cluster, distance, limits[layer], branched))
+        distance, limit = float(means[layer][cluster]), limits[layer][cluster]
+        branched = branched or distance > limit
+        out.append(LayerPlace(cluster, cluster, distance, limit, branched))
     return out

@@ -20,7 +20,7 @@ from coordinator.strategies.fedtree import FedTree
 from coordinator.strategies.flat import Flat
 from coordinator.strategies.indep import Indep
 from coordinator.tree import build_tree
-from coordinator.tree.placement import Placement, cut_merge_distance, place_layer, place_nested, threshold
+from coordinator.tree.placement import Placement, merge_distances, place_layer, place_nested, thresholds
 from coordinator.tree.render import dendrogram
 
 Update = dict[int, dict[str, torch.Tensor]]
@@ -52,32 +52,33 @@ def join_late(s: FedTree, worker: str, update: Update, first_round: int = 3) -> 
 # -- the rule -----------------------------------------------------------------------------------
 
 
-def test_cut_merge_distance_is_the_closest_pair_of_clusters_by_average_linkage() -> None:
-    D = np.array([[0, 1, 4, 6], [1, 0, 5, 7], [4, 5, 0, 2], [6, 7, 2, 0]], dtype=float)
-    assert cut_merge_distance(D, np.array([0, 0, 1, 1])) == pytest.approx((4 + 6 + 5 + 7) / 4)
-    assert cut_merge_distance(D, np.array([3, 3, 3, 3])) is None
-    # for a cut of an average-linkage tree it is the distance of the next merge above the cut
-    tree = build_tree(D, ["a", "b", "c", "d"])
-    for c in (2, 3, 4):
+def test_merge_distance_of_a_cluster_is_its_average_linkage_distance_to_the_nearest_other() -> None:
+    D = np.array([[0, 1, 4, 6, 9], [1, 0, 5, 7, 9], [4, 5, 0, 2, 3], [6, 7, 2, 0, 3], [9, 9, 3, 3, 0]], dtype=float)
+    got = merge_distances(D, np.array([0, 0, 1, 1, 2]))
+    assert got == pytest.approx({0: (4 + 6 + 5 + 7) / 4, 1: 3.0, 2: 3.0})
+    assert merge_distances(D, np.array([3, 3, 3, 3, 3])) == {3: math.inf}  # a trunk: nothing to merge with
+    # for a cut of an average-linkage tree, the smallest of them is the distance of the next merge above the cut
+    tree = build_tree(D, ["a", "b", "c", "d", "e"])
+    for c in (2, 3, 4, 5):
         above = sorted(m.distance for m in tree.merges)[len(D) - c]
-        assert cut_merge_distance(D, tree.partition(c)) == pytest.approx(above)
+        assert min(merge_distances(D, tree.partition(c)).values()) == pytest.approx(above)
 
 
-def test_place_layer_nearest_by_mean_distance_and_threshold() -> None:
+def test_place_layer_nearest_by_mean_distance_and_its_clusters_threshold() -> None:
     D = np.array([[0, 1, 4, 6], [1, 0, 5, 7], [4, 5, 0, 2], [6, 7, 2, 0]], dtype=float)
     labels = np.array([0, 0, 1, 1])
-    limit = threshold(D, labels, 1.0)
-    assert limit == pytest.approx(5.5)
-    near_second = place_layer(np.array([5.0, 5.0, 1.0, 2.0]), labels, limit)
+    limits = thresholds(D, labels, 1.0)
+    assert limits == pytest.approx({0: 5.5, 1: 5.5})
+    near_second = place_layer(np.array([5.0, 5.0, 1.0, 2.0]), labels, limits)
     assert (near_second.cluster, near_second.distance, near_second.new_branch) == (1, 1.5, False)
-    far = place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, limit)
-    assert far.new_branch and far.nearest == 1 and far.distance == 8.0
-    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, threshold(D, labels, None)).new_branch  # no threshold
-    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, threshold(D, labels, 2.0)).new_branch  # a looser one
+    far = place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, limits)
+    assert far.new_branch and far.nearest == 1 and far.distance == 8.0 and far.threshold == 5.5
+    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, thresholds(D, labels, None)).new_branch  # none
+    assert not place_layer(np.array([9.0, 9.0, 8.0, 8.0]), labels, thresholds(D, labels, 2.0)).new_branch  # looser
     trunk = np.zeros(4, dtype=int)
-    one = place_layer(np.array([50.0] * 4), trunk, threshold(D, trunk, 1.0))
+    one = place_layer(np.array([50.0] * 4), trunk, thresholds(D, trunk, 1.0))
     assert one.cluster == 0 and not one.new_branch and math.isinf(one.threshold)  # a trunk is shared by all
-    tie = place_layer(np.array([1.0, 1.0, 1.0, 1.0]), labels, limit)
+    tie = place_layer(np.array([1.0, 1.0, 1.0, 1.0]), labels, limits)
     assert tie.cluster == 0
 
 
@@ -86,16 +87,17 @@ def test_place_nested_takes_the_path_nearest_over_all_layers_then_branches_where
     deep = np.array([0, 1, 2, 3])  # every member on its own, inside its shallow cluster
     # layer 0 slightly prefers {c, d}; layer 1 strongly prefers b: the path through b wins
     d = [np.array([1.0, 1.0, 0.9, 0.9]), np.array([3.0, 0.5, 3.0, 3.0])]
-    got = place_nested(d, [shallow, deep], [10.0, 10.0])
+    wide = [{0: 10.0, 1: 10.0}, {k: 10.0 for k in range(4)}]
+    got = place_nested(d, [shallow, deep], wide)
     assert [p.cluster for p in got] == [0, 1] and not any(p.new_branch for p in got)
     assert got[0].distance == 1.0 and got[1].distance == 0.5
     # greedy from the top would have taken {c, d}: the nearest cluster of layer 0 alone
-    assert place_layer(d[0], shallow, 10.0).cluster == 1
+    assert place_layer(d[0], shallow, wide[0]).cluster == 1
     # too far in layer 1: its own branch from there (measured against its path's cluster)
-    branched = place_nested(d, [shallow, deep], [10.0, 0.4])
+    branched = place_nested(d, [shallow, deep], [wide[0], {0: 10.0, 1: 0.4, 2: 10.0, 3: 10.0}])
     assert [p.new_branch for p in branched] == [False, True] and branched[1].nearest == 1
     # too far already in layer 0: a branch in every deeper layer too
-    top = place_nested(d, [shallow, deep], [0.5, 10.0])
+    top = place_nested(d, [shallow, deep], [{0: 0.5, 1: 10.0}, wide[1]])
     assert [p.new_branch for p in top] == [True, True]
 
 

@@ -194,7 +194,7 @@ class LatePlacement(_message.Message):
     distance: _builtins.float
     """mean distance to the members of its nearest cluster (the one joined unless new_branch)"""
     threshold: _builtins.float
-    """late_threshold x the cut's merge distance; Infinity: no new branch possible here"""
+    """late_threshold x the merge distance of its cluster at the cut; Infinity: no new branch possible here"""
     new_branch: _builtins.bool
     def __init__(
         self,
