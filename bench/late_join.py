@@ -56,7 +56,7 @@ CONDITIONS = ("place", "mean", "present")
 class Settings:
     seed: int = 0
     warmup_rounds: int = 2
-    rounds: int = 6  # 2 warmup, 2 late warmup (placed after round 4), 2 rounds with experts
+    rounds: int = 7  # 2 warmup, 2 late warmup (placed after round 4), 3 rounds with experts
     local_steps: int = 4
     train_size: int = 48
     val_size: int = 24

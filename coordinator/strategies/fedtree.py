@@ -19,8 +19,9 @@ anyone (coordinator/tree/placement.py): the nested path of the cuts' clusters ne
 (average linkage, each layer under its own distance), and a new branch of its own (its upload is
 that branch's first expert) from the first layer where it is farther than `late_threshold` x
 that cluster's merge distance at the cut (its distance to the nearest other cluster). The
-members' build-round uploads it is measured against are kept on disk (coordinator/kept.py), one layer of every member read at a time; a
-placed joiner's upload joins them. From the next round it pulls and pushes like every member.
+members' build-round uploads it is measured against are kept on disk (coordinator/kept.py), one
+layer of every member read at a time; a placed joiner's upload joins them. From the next round it
+pulls and pushes like every member.
 Departures: an evicted or lost worker pushes nothing, so it stops contributing; a cluster nobody
 pushes to keeps its last expert; an evicted worker no longer counts in placements.
 Export from the coordinator: the rank-2r mix of the worker's cluster and external experts with the
