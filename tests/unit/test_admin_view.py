@@ -254,3 +254,57 @@ def test_status_json_golden() -> None:
     assert MessageToJson(serde.status_to_proto(status), indent=None) == (
         '{"runId": "r", "strategy": "fedit", "phase": "PHASE_DONE", "lastClosedRound": 2, "rounds": 2, "workers": 2}'
     )
+
+
+def test_late_joiners_to_proto_and_json() -> None:
+    from common.admin_types import LateJoinerView, LatePlacementView
+
+    placed = LateJoinerView(
+        worker_id="d",
+        placed_round=4,
+        distance=0.25,
+        new_branch_from=1,
+        anchor=3,
+        late_warmup_rounds=2,
+        layers=(LatePlacementView(0, 0, 0.5, float("inf"), False), LatePlacementView(1, 2, 0.25, 0.125, True)),
+    )
+    pending = LateJoinerView(worker_id="e", warmup_rounds_done=1, late_warmup_rounds=2)
+    msg = serde.tree_to_proto(TreeView("fedtree", built=True, late_joiners=(placed, pending)))
+    assert [j.worker_id for j in msg.late_joiners] == ["d", "e"]
+    d = msg.late_joiners[0]
+    assert (d.placed_round, d.distance, d.new_branch_from, d.anchor) == (4, 0.25, 1, 3)
+    assert [(p.layer, p.cluster, p.new_branch) for p in d.layers] == [(0, 0, False), (1, 2, True)]
+    as_json = MessageToJson(msg)
+    assert '"threshold": "Infinity"' in as_json and '"warmupRoundsDone": 1' in as_json  # what the dashboard reads
+
+
+def test_admin_cli_renders_late_joiners_under_their_cluster_and_the_pending_ones() -> None:
+    from coordinator.admin_cli import render_tree
+
+    tree = apb.GetTreeResponse(
+        strategy="fedtree",
+        built=True,
+        built_round=2,
+        linkage="average",
+        leaves=["a", "b", "c"],
+        merges=[apb.Merge(left=0, right=1, distance=0.5, size=2), apb.Merge(left=2, right=3, distance=1.5, size=3)],
+        layers=[
+            apb.LayerCut(layer=0, cluster_count=2, clusters=[apb.Cluster(workers=["a", "b", "d"]), apb.Cluster(workers=["c"])])
+        ],
+        late_joiners=[
+            apb.LateJoiner(
+                worker_id="d",
+                placed_round=4,
+                distance=0.25,
+                new_branch_from=-1,
+                anchor=3,
+                layers=[apb.LatePlacement(layer=0, cluster=0, distance=0.25, threshold=1.0)],
+            ),
+            apb.LateJoiner(worker_id="e", warmup_rounds_done=1, late_warmup_rounds=2, new_branch_from=-1, anchor=-1),
+        ],
+    )
+    lines = render_tree(tree).splitlines()
+    at = lines.index("  └─ ● d=0.5 (2 workers)")
+    assert lines[at + 1] == "     ┄┄ d (late, placed round 4)"  # hangs under {a, b}, the tree cluster it joined
+    assert "  d: placed after round 4, distance 0.25, clusters per layer [0]" in lines
+    assert "  e: in its own warmup, 1/2 rounds pushed" in lines
