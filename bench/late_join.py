@@ -249,6 +249,15 @@ def table(outcomes: list[LateOutcome], clients_of: dict[int, list[PlantedClient]
             + " | ".join(f"{100 * f:.1f}" for f in finals)
             + f" | **{100 * statistics.fmean(finals):.1f}**{sd} | {100 * statistics.fmean(overs):.1f} |"
         )
+    finals = {c: {s: late_accuracy(by[(c, s)], placed_after)[0] for s in seeds if (c, s) in by} for c in CONDITIONS}
+    pairs = []
+    for other in ("mean", "present"):
+        common = [s for s in seeds if s in finals["place"] and s in finals[other]]
+        if common:
+            diffs = [100 * (finals["place"][s] - finals[other][s]) for s in common]
+            pairs.append(f"place - {other} {', '.join(f'{d:+.1f}' for d in diffs)} (mean {statistics.fmean(diffs):+.1f})")
+    if pairs:
+        rows.append("\nPaired difference per seed (points): " + "; ".join(pairs) + ".")
     landed = []
     for s in seeds:
         o = by.get(("place", s))
