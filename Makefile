@@ -91,7 +91,7 @@ bench-memory: install
 bench-tree-recovery: install
 	$(PYTHON) bench/tree_recovery.py $(if $(QUICK),--quick)
 
-# the planted `tasks` federation with one client per task held back: placed late joiners vs everyone's mean vs present from the start, 3 seeds (~25 min on 2 idle cores)
+# the planted `tasks` federation with one client per task held back: placed late joiners vs everyone's mean vs present from the start, 3 seeds (~15 min on 2 idle cores, 25 min on a loaded shared machine)
 bench-late-join: install
 	$(PYTHON) bench/late_join.py
 
