@@ -27,7 +27,7 @@ class RestOfWorldMixer(TwoAdapters):
         self._gates: dict[str, torch.Tensor] = {}
         for _layer, name, module in self.lora_modules():
             key = name.replace(".", "_")
-            mixer = torch.nn.Linear(module.in_features, 2)
+            mixer = torch.nn.Linear(module.in_features, 2, device=lm.hardware.device)
             torch.nn.init.zeros_(mixer.weight)
             torch.nn.init.zeros_(mixer.bias)
             self.mixers[key] = mixer
