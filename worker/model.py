@@ -234,7 +234,7 @@ def _load_base(model_path: Path, task: str, num_labels: int, hardware: Hardware)
     if quantised is not None:
         kwargs["quantization_config"] = quantised
     if hardware.device.type != "cpu":  # straight onto the device, shard by shard (no whole copy in host RAM)
-        kwargs["device_map"] = {"": hardware.device}
+        kwargs["device_map"] = {"": str(hardware.device)}
     if task == "causal_lm":
         return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     return AutoModelForSequenceClassification.from_pretrained(

@@ -201,3 +201,30 @@ def test_gradient_checkpointing_trains_the_same(tiny_model_dir_no_dropout: Path)
     for layer, named in plain.layers().items():
         for name, tensor in named.items():
             torch.testing.assert_close(ckpt.layers()[layer][name], tensor, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_gpu_load_arguments(monkeypatch: pytest.MonkeyPatch, task: str) -> None:
+    """What a CUDA 4-bit worker asks transformers for (the load itself needs a GPU): its dtype, the
+    QLoRA config with the head kept out, and the weights placed on its device while loading."""
+    from worker import model as model_mod
+
+    seen: dict[str, object] = {}
+
+    def fake(path: Path, **kwargs: object) -> str:
+        seen.update(kwargs)
+        return "loaded"
+
+    for auto in ("AutoModelForCausalLM", "AutoModelForSequenceClassification"):
+        monkeypatch.setattr(getattr(model_mod, auto), "from_pretrained", fake)
+    hw = Hardware(torch.device("cuda", 1), "bf16", "4bit")
+    assert model_mod._load_base(Path("/models/x"), task, 3, hw) == "loaded"
+    assert seen["dtype"] == torch.bfloat16 and seen["device_map"] == {"": "cuda:1"}
+    qc = seen["quantization_config"].to_dict()  # type: ignore[attr-defined]
+    assert qc["load_in_4bit"] and qc["bnb_4bit_compute_dtype"] == "bfloat16"
+    assert qc["llm_int8_skip_modules"] == (None if task == "causal_lm" else ["classifier", "score"])
+    if task == "classification":
+        assert seen["num_labels"] == 3 and seen["ignore_mismatched_sizes"] is True
+    seen.clear()
+    model_mod._load_base(Path("/models/x"), task, 3, Hardware())  # the CPU: float32, no placement, no quantisation
+    assert seen["dtype"] == torch.float32 and "device_map" not in seen and "quantization_config" not in seen
