@@ -3,6 +3,8 @@ gradient checkpointing. GPU-only paths are exercised where a GPU (and bitsandbyt
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,19 @@ def test_mps_unavailable_and_bad_device(no_gpu: None) -> None:
         WorkerConfig(device="gpu")
 
 
-def test_cuda_worker_fails_at_start_without_a_gpu(no_gpu: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The entry point installs its own root handler: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_cuda_worker_fails_at_start_without_a_gpu(
+    no_gpu: None, root_logging: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """`fedtree-worker` with device cuda on this machine: exit code 2 and the reason, before any
     data, model or coordinator is touched."""
     from worker.__main__ import main
