@@ -22,6 +22,7 @@ from common.version import PROTOCOL_VERSION
 from worker.causal import evaluate_causal, train_causal
 from worker.checkpoint import resume, save_checkpoint
 from worker.client import FederationClient, Pulled
+from worker.device import resolve_hardware
 from worker.export import export_adapter
 from worker.local_data import LocalData, PromptData, load_any_data
 from worker.model import LoraModel, build_model, default_model_path, head_rows, head_width, load_head_rows
@@ -37,6 +38,7 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, client: FederationClient | None = None) -> None:
         self.config = config
+        self.hardware = resolve_hardware(config)  # a device or precision this machine lacks fails here, at start
         self.data: LocalData | PromptData = load_any_data(config.data)
         self.client = client or FederationClient(
             config.coordinator,
@@ -70,7 +72,9 @@ class Worker:
             have = "prompt/response pairs" if isinstance(self.data, PromptData) else "labelled texts"
             raise ConfigError(f"run task is {run.task} but this worker's data holds {have}")
         self.model_path = Path(self.config.model_path or default_model_path(run.task))
-        self.lm = build_model(self.model_path, self.data.label_keys, run.lora, run.seed, run.train.train_head, run.task)
+        self.lm = build_model(
+            self.model_path, self.data.label_keys, run.lora, run.seed, run.train.train_head, run.task, self.hardware
+        )
         self.strategy = create_worker_strategy(run)
         self.strategy.prepare(self.lm)
         schema = schema_of(self.lm.layers())
