@@ -63,6 +63,7 @@ REPEAT_LOG_S = 60.0  # an unchanged cause of failure is logged again after this 
 class Stopped(Exception):  # noqa: N818 - a request, not an error
     """The worker was asked to stop (SIGTERM/SIGINT) while waiting on the coordinator."""
 
+
 # -- deadlines of one attempt (WorkerConfig fields default to these) -------------------------------
 # The coordinator holds an idle GetTask at most CoordinatorConfig.long_poll_s; a worker asks for
 # the same wait (WorkerConfig.task_wait_s), so by default neither side cuts the other's poll short.

@@ -81,9 +81,7 @@ class FederationClient:
     def get_run(self) -> tuple[str, RunConfig]:
         resp = self._call(
             "GetRun",
-            lambda: self.stub.GetRun(
-                serde.get_run_request(self.worker_id), timeout=self.call_timeout_s, metadata=self.md
-            ),
+            lambda: self.stub.GetRun(serde.get_run_request(self.worker_id), timeout=self.call_timeout_s, metadata=self.md),
         )
         run_id, run = serde.run_from_proto(resp.run)
         self.wire_dtype = run.wire_dtype
@@ -102,9 +100,7 @@ class FederationClient:
         wait = self.task_wait_s if wait_s is None else wait_s
         req = serde.get_task_request(self.worker_id, wait)
         timeout = wait + GET_TASK_SLACK_S
-        return serde.task_from_proto(
-            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=timeout, metadata=self.md))
-        )
+        return serde.task_from_proto(self._call("GetTask", lambda: self.stub.GetTask(req, timeout=timeout, metadata=self.md)))
 
     def pull(self, round: int) -> Pulled:
         """Stream this round's adapters; returns layer -> role -> tensors."""
