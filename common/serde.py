@@ -263,6 +263,7 @@ def status_to_proto(view: StatusView) -> apb.GetStatusResponse:
         pushes=view.pushes,
         deadline_unix=view.deadline_unix,
         workers=view.workers,
+        remaining_s=view.remaining_s,
     )
 
 

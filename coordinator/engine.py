@@ -40,6 +40,12 @@ from coordinator.strategies.base import LayerTensors, PersonalAdapter, TreeView
 log = logging.getLogger(__name__)
 
 
+# What a worker may say it is doing in a heartbeat (worker/runner.py), as the admin's one state
+# enum names it (common/admin_types.py WorkerState); anything else keeps the current activity.
+# lost and evicted are the coordinator's to say, never a worker's.
+REPORTED_ACTIVITIES = {a: a for a in ("joined", "pulling", "evaluating", "training", "pushing", "idle")} | {"starting": "joined"}
+
+
 @dataclass
 class WorkerInfo:
     worker_id: str
@@ -51,6 +57,7 @@ class WorkerInfo:
     bytes_sent: int = 0
     bytes_received: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
+    round_s: float = 0.0  # how long its last push took from its round's opening: the round-time estimate
 
 
 @dataclass
@@ -97,6 +104,7 @@ class EngineSnapshot:
     workers: tuple[WorkerInfo, ...]  # copies, in worker id order
     current: RoundInfo | None  # a copy of the open round
     tree: TreeView | None  # the strategy's `tree_view()`; None: it builds no client tree (or no worker joined yet)
+    remaining_s: float | None = None  # estimate of the open round's time left (RoundEngine.remaining_s)
 
 
 class RoundEngine:
@@ -120,8 +128,17 @@ class RoundEngine:
         self.strategy: Strategy | None
         self.last_closed, self.strategy = restore_strategy(store, self.run, self.schema, self.spill_dir)
         self._resumed = False
+        counters = store.get("worker_counters") or {}
         for worker_id, n in store.workers().items():
-            self.workers[worker_id] = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
+            info = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
+            saved = counters.get(worker_id, {})
+            info.address = str(saved.get("address", ""))
+            info.rounds_done, info.bytes_sent, info.bytes_received = (
+                int(saved.get(k, 0)) for k in ("rounds_done", "bytes_sent", "bytes_received")
+            )
+            info.last_metrics = {k: float(v) for k, v in (saved.get("last_metrics") or {}).items()}
+            info.round_s = float(saved.get("round_s", 0.0))
+            self.workers[worker_id] = info
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
         self.paused = bool(store.get("paused"))
         self._waiting_logged: int | None = None  # the live-worker count last logged while waiting
@@ -191,7 +208,7 @@ class RoundEngine:
     def heartbeat(self, worker_id: str, activity: str) -> int:
         with self._cond:
             info = self._worker(worker_id)
-            info.activity = activity or info.activity
+            info.activity = REPORTED_ACTIVITIES.get(activity, info.activity)
             return self.current.round if self.current else self.last_closed
 
     def _worker(self, worker_id: str) -> WorkerInfo:
@@ -292,12 +309,27 @@ class RoundEngine:
             self.run.min_workers,
         )
 
+    def _counters(self) -> dict[str, dict[str, object]]:
+        """What the admin shows of each worker beyond its liveness, persisted with every closed
+        round so that a restarted coordinator shows it too (as of that round)."""
+        return {
+            w: {
+                "address": i.address,
+                "rounds_done": i.rounds_done,
+                "bytes_sent": i.bytes_sent,
+                "bytes_received": i.bytes_received,
+                "last_metrics": i.last_metrics,
+                "round_s": i.round_s,
+            }
+            for w, i in self.workers.items()
+        }
+
     def _close(self, cur: RoundInfo) -> None:
         assert self.strategy is not None
         self.current = None
         if cur.evaluating:
             self.done = True
-            self.store.put(evaluated=True)
+            self.store.put(evaluated=True, worker_counters=self._counters())
             log.info("[Engine] final evaluation done: run %s complete", self.run_id)
         else:
             self.strategy.close_round(cur.round)
@@ -307,7 +339,7 @@ class RoundEngine:
                 cur.started_at,
                 sorted(cur.pushed),
                 self.strategy.checkpoint_state(),
-                {"strategy_meta": self.strategy.checkpoint_meta()},
+                {"strategy_meta": self.strategy.checkpoint_meta(), "worker_counters": self._counters()},
             )
             self.last_closed = cur.round
             log.info(
@@ -389,18 +421,21 @@ class RoundEngine:
                     self.store.put(head_width=width)
                     log.info("[Engine] head width fixed by %s: %d (hidden + 1)", header.worker_id, width)
             cur.pushed[header.worker_id] = header.upload_id
+            info.round_s = self.clock() - cur.started_at
             info.rounds_done += 1
             info.bytes_received += nbytes
             info.last_metrics = dict(header.metrics)
             info.activity = "idle"
+            left = self._remaining_s(cur)
             log.info(
-                "[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d)",
+                "[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d pushed%s)",
                 header.round,
                 header.worker_id,
                 len(update),
                 nbytes,
                 len(cur.pushed),
                 len(cur.participants),
+                f", ~{left:.0f} s left" if left is not None and len(cur.pushed) < len(cur.participants) else "",
             )
             self._maybe_advance()
             self._cond.notify_all()
@@ -468,7 +503,16 @@ class RoundEngine:
                 workers=tuple(replace(info, last_metrics=dict(info.last_metrics)) for _, info in sorted(self.workers.items())),
                 current=None if cur is None else replace(cur, participants=dict(cur.participants), pushed=dict(cur.pushed)),
                 tree=self.strategy.tree_view() if self.strategy is not None else None,
+                remaining_s=self._remaining_s(cur) if cur is not None else None,
             )
+
+    def _remaining_s(self, cur: RoundInfo) -> float | None:
+        """The open round's time left, estimated from the workers it still waits for: each took
+        `round_s` from opening to push in its last round; None until they all have such a time."""
+        waiting = [self.workers[w].round_s for w in cur.participants if w not in cur.pushed and w in self.workers]
+        if not waiting or min(waiting) <= 0:
+            return None
+        return max(0.0, max(waiting) - (self.clock() - cur.started_at))
 
     def personalised(self, worker_id: str, metrics: Mapping[str, float]) -> PersonalAdapter:
         """The adapter `worker_id` uses after the last closed round, as far as the coordinator can
@@ -513,6 +557,11 @@ class RoundEngine:
             if self.strategy is None:
                 raise FailedPrecondition("no worker has joined this run yet: there is no client tree to rebuild")
             round = self.current.round + 1 if self.current is not None else self.last_closed + 1
+            if round > self.run.rounds:
+                raise FailedPrecondition(
+                    f"no round left to rebuild the tree in: the run has {self.run.rounds} rounds and "
+                    + ("is finished" if self.done or self.last_closed >= self.run.rounds else f"round {round - 1} is its last")
+                )
             self.strategy.request_rebuild(round)
             log.warning("[Engine] tree rebuild requested for round %d", round)
             return int(round)

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CONFIG
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping after the current step", signum)
+        log.info("signal %d: stopping (waits and retries end now, training at its next step)", signum)
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)

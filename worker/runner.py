@@ -16,6 +16,7 @@ from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
 from common.errors import ConfigError, FailedPrecondition, FedtreeError, InvalidArgument
 from common.exit_codes import ExitCode
+from common.retry import Stopped
 from common.schema import HEAD_LAYER, UploadSpec, schema_of, validate_head, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from common.version import PROTOCOL_VERSION
@@ -116,7 +117,10 @@ class Worker:
                     self.handle(task)
                 except FailedPrecondition as exc:  # e.g. the round closed while we trained: move on
                     log.warning("[Worker] round %d: %s", task.round, exc)
-            return ExitCode.OK
+            return ExitCode.SIGNAL  # stop() between tasks
+        except Stopped:
+            log.info("[Worker] stopped (signal) while waiting on the coordinator")
+            return ExitCode.SIGNAL
         except InvalidArgument as exc:
             log.error("[Worker] the coordinator rejected our data: %s", exc)
             return ExitCode.REJECTED
@@ -137,7 +141,10 @@ class Worker:
             self.client.close()
 
     def stop(self) -> None:
+        """End the worker (SIGTERM/SIGINT): any wait on or retry of the coordinator ends at once
+        (the client is interrupted); a round in training stops at its next step."""
         self._stop.set()
+        self.client.interrupt()
 
     def handle(self, task: Task) -> None:
         assert self.lm is not None and self.run is not None and self.strategy is not None
