@@ -10,6 +10,7 @@ instruct model's own format), else it is the prompt plus a newline. Evaluation g
 from __future__ import annotations
 
 import statistics
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -91,10 +92,19 @@ def train_causal(
     desc: str = "train",
     progress: bool = True,
     extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
+    stop: threading.Event | None = None,
 ) -> dict[str, float]:
     """Local training on response tokens only; same loop (and seeding) as the classifier's."""
     return optimise(
-        lm, examples, lambda batch: encode_train(lm.tokenizer, batch, cfg.max_seq_length), cfg, seed, desc, progress, extra_groups
+        lm,
+        examples,
+        lambda batch: encode_train(lm.tokenizer, batch, cfg.max_seq_length),
+        cfg,
+        seed,
+        desc,
+        progress,
+        extra_groups,
+        stop,
     )
 
 

@@ -119,7 +119,7 @@ class Worker:
                     log.warning("[Worker] round %d: %s", task.round, exc)
             return ExitCode.SIGNAL  # stop() between tasks
         except Stopped:
-            log.info("[Worker] stopped (signal) while waiting on the coordinator")
+            log.info("[Worker] stopped (signal)")
             return ExitCode.SIGNAL
         except InvalidArgument as exc:
             log.error("[Worker] the coordinator rejected our data: %s", exc)
@@ -171,7 +171,9 @@ class Worker:
         extra = self.strategy.extra_param_groups()
         desc = f"{self.config.worker_id} round {task.round}"
         if isinstance(self.data, PromptData):
-            metrics = train_causal(self.lm, self.data.train, self.run.train, seed, desc, self.config.progress, extra)
+            metrics = train_causal(
+                self.lm, self.data.train, self.run.train, seed, desc, self.config.progress, extra, stop=self._stop
+            )
         else:
             metrics = train_local(
                 self.lm,
@@ -182,6 +184,7 @@ class Worker:
                 desc=desc,
                 progress=self.config.progress,
                 extra_groups=extra,
+                stop=self._stop,
             )
         self._mark("trained")
         metrics.update(self.strategy.metrics())  # e.g. lambda_<layer> (fedtree)

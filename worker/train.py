@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from common.config import TrainConfig
+from common.retry import Stopped
 from worker.data import Example
 from worker.model import LoraModel
 
@@ -44,12 +46,21 @@ def train_local(
     desc: str = "train",
     progress: bool = True,
     extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
+    stop: threading.Event | None = None,
 ) -> dict[str, float]:
     """Train the classifier for `cfg.local_steps` steps, or `cfg.local_epochs` epochs; return mean loss and steps.
 
     `extra_groups` are (parameters, learning rate) pairs trained in their own optimiser groups."""
     return optimise(
-        lm, examples, lambda batch: _encode(lm, batch, label_ids, cfg.max_seq_length), cfg, seed, desc, progress, extra_groups
+        lm,
+        examples,
+        lambda batch: _encode(lm, batch, label_ids, cfg.max_seq_length),
+        cfg,
+        seed,
+        desc,
+        progress,
+        extra_groups,
+        stop,
     )
 
 
@@ -62,6 +73,7 @@ def optimise(
     desc: str = "train",
     progress: bool = True,
     extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
+    stop: threading.Event | None = None,
 ) -> dict[str, float]:
     """The local optimisation loop of every task type: seeded shuffles, `encode(batch)` -> model
     inputs with labels, AdamW on the trainable parameters (+ `extra_groups` at their own rates).
@@ -70,7 +82,8 @@ def optimise(
     micro-batches of `cfg.batch_size`, each loss weighted by its share of the step's examples: the
     step is the large batch's (batch_size x steps examples, the same examples in the same order),
     with the memory of one micro-batch. The forward pass runs on `lm.hardware`'s device under its
-    autocast; fp16 scales the loss."""
+    autocast; fp16 scales the loss. A set `stop` (the worker's SIGTERM) ends it before the next
+    step with common.retry.Stopped."""
     if not examples:
         raise ValueError("no training examples")
     hw = lm.hardware
@@ -93,6 +106,9 @@ def optimise(
     while len(losses) < total:
         order = torch.randperm(len(examples), generator=gen).tolist()
         for step in _batches(examples, order, step_size):
+            if stop is not None and stop.is_set():
+                bar.close()
+                raise Stopped(f"stopped during local training, after {len(losses)} of {total} steps")
             loss = 0.0
             for micro in _batches(step, range(len(step)), cfg.batch_size):
                 with hw.autocast():

@@ -59,3 +59,18 @@ def test_accumulation_travels_in_the_run_spec() -> None:
     assert run_from_proto(old)[1].train.gradient_accumulation_steps == 1
     with pytest.raises(ValueError):
         TrainConfig(gradient_accumulation_steps=0)
+
+
+def test_a_set_stop_ends_training_before_the_next_step(tiny_model_dir_no_dropout: Path) -> None:
+    """The worker's SIGTERM sets its stop event: local training ends at the next step, not the round's end."""
+    import threading
+
+    from common.retry import Stopped
+
+    lm = build_model(tiny_model_dir_no_dropout, KEYS, LORA, 0, True)
+    before = {k: t.clone() for k, t in lm.layers()[0].items()}
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped, match="after 0 of 100 steps"):
+        train_local(lm, EXAMPLES, IDS, TrainConfig(local_steps=100, batch_size=2), seed=5, progress=False, stop=stop)
+    assert all(torch.equal(t, before[k]) for k, t in lm.layers()[0].items())
