@@ -196,3 +196,16 @@ def test_restart_during_round_one_allows_re_push(started: Harness) -> None:
     assert h.push("A", 1, 1.0, 1, upload_id="after-crash") == PushResult(True, 1, 2)
     h.push("B", 1, 5.0, 3)
     assert h.global_adapter() == as_lists(update(4.0))
+
+
+def test_waiting_for_workers_is_logged_once_per_change(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An operator whose coordinator waits for min_workers sees why in its log (it used to say nothing)."""
+    import logging
+
+    h = Harness(tmp_path)  # min_workers = 2
+    with caplog.at_level(logging.INFO, logger="coordinator.engine"):
+        h.join("A")
+        h.task("A")
+        h.task("A")
+    waiting = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert waiting == ["[Engine] waiting for 1 more worker(s) before round 1 opens: 1/2 joined and live (run.min_workers)"]
