@@ -7,27 +7,14 @@ import threading
 from pathlib import Path
 
 import torch
+from test_federation import _worker as federation_worker
 
-from common.config import DataConfig, WorkerConfig
 from common.exit_codes import ExitCode
 from worker.runner import Worker
 
 
 def _worker(coord: object, model_dir: Path, data_dir: Path, out: Path, worker_id: str, **hardware: object) -> Worker:
-    cfg = WorkerConfig(
-        worker_id=worker_id,
-        coordinator=f"127.0.0.1:{coord.port}",  # type: ignore[attr-defined]
-        model_path=model_dir,
-        data=DataConfig(dir=data_dir),
-        output_dir=out,
-        progress=False,
-        connect_timeout_s=20,
-        heartbeat_s=0.5,
-        insecure=True,
-        device="cpu",
-        **hardware,  # type: ignore[arg-type]
-    )
-    return Worker(cfg)
+    return federation_worker(coord, model_dir, data_dir, out, worker_id, device="cpu", **hardware)
 
 
 def test_bf16_and_float32_workers_share_a_run(coordinator_factory, tiny_model_dir, client_data, tmp_path):  # type: ignore[no-untyped-def]
