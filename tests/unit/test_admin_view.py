@@ -292,4 +292,3 @@ def test_status_estimates_the_rounds_time_left_from_the_last_round(started: Harn
     assert status_view(h.engine.snapshot()).remaining_s == pytest.approx(18.0)  # only B left: 30 - 12
     h.clock.advance(40)
     assert status_view(h.engine.snapshot()).remaining_s == 0.0  # late, not negative
-
