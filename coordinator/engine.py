@@ -24,87 +24,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from common.schema import HEAD_LAYER, Schema, UploadSpec, select, validate_head
+from common.schema import HEAD_LAYER, Schema, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from common.version import check_compatible
+from coordinator.engine_types import REPORTED_ACTIVITIES, EngineSnapshot, PushTicket, RoundInfo, WorkerInfo
 from coordinator.spill import discard_spill
 from coordinator.state import StateStore
 from coordinator.state_view import restore_strategy
 from coordinator.strategies import Download, Strategy, create_strategy
-from coordinator.strategies.base import LayerTensors, PersonalAdapter, TreeView
+from coordinator.strategies.base import LayerTensors, PersonalAdapter
 
 log = logging.getLogger(__name__)
-
-
-# What a worker may say it is doing in a heartbeat (worker/runner.py), as the admin's one state
-# enum names it (common/admin_types.py WorkerState); anything else keeps the current activity.
-# lost and evicted are the coordinator's to say, never a worker's.
-REPORTED_ACTIVITIES = {a: a for a in ("joined", "pulling", "evaluating", "training", "pushing", "idle")} | {"starting": "joined"}
-
-
-@dataclass
-class WorkerInfo:
-    worker_id: str
-    num_train_examples: int
-    last_seen: float
-    activity: str = "joined"  # joined / training / evaluating / pulling / pushing / idle / lost / evicted
-    address: str = ""
-    rounds_done: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    round_s: float = 0.0  # how long its last push took from its round's opening: the round-time estimate
-
-
-@dataclass
-class RoundInfo:
-    round: int
-    started_at: float
-    deadline: float
-    participants: dict[str, int]  # worker -> example count
-    pushed: dict[str, str] = field(default_factory=dict)  # worker -> upload id
-    evaluating: bool = False  # the final evaluation pass after the last round
-
-
-@dataclass(frozen=True)
-class PushTicket:
-    """An admitted push (`RoundEngine.begin_push`): who pushes which round under which upload id,
-    and what it must carry, fixed once; `RoundEngine.commit` folds the received update under it."""
-
-    header: PushHeader
-    spec: UploadSpec
-    expected: Schema  # layer -> tensors the push must carry (HEAD_LAYER -> {}: the head blob)
-
-    @property
-    def worker_id(self) -> str:
-        return self.header.worker_id
-
-    @property
-    def round(self) -> int:
-        return self.header.round
-
-    @property
-    def upload_id(self) -> str:
-        return self.header.upload_id
-
-
-@dataclass(frozen=True)
-class EngineSnapshot:
-    """A consistent copy of the engine's state, taken under its lock (`RoundEngine.snapshot`)."""
-
-    run_id: str
-    run: RunConfig
-    last_closed: int
-    done: bool
-    paused: bool
-    workers: tuple[WorkerInfo, ...]  # copies, in worker id order
-    current: RoundInfo | None  # a copy of the open round
-    tree: TreeView | None  # the strategy's `tree_view()`; None: it builds no client tree (or no worker joined yet)
-    remaining_s: float | None = None  # estimate of the open round's time left (RoundEngine.remaining_s)
 
 
 class RoundEngine:
