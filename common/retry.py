@@ -13,11 +13,18 @@ run twice without harm -- GetRun, GetTask and PullAdapters only read, Join upser
 ReportMetrics overwrites, and a PushUpdate is idempotent by its upload id (a retry after a lost
 ack is acknowledged as a duplicate and counted once).
 - UNAVAILABLE: the coordinator is not up yet, restarting, draining, or the connection broke.
-- DEADLINE_EXCEEDED: retried too. The short calls wait for the channel to be ready
-  (`wait_for_ready`), so a coordinator that is down or unreachable shows up as a passed deadline,
-  not as UNAVAILABLE. A GetTask long poll is answered before its deadline (the coordinator holds
-  it at most `wait_s`, and the deadline adds GET_TASK_SLACK_S), and a transfer has minutes: a
-  passed deadline means a stuck peer or network, which a new attempt may get past.
+  Calls do not wait for the channel to be ready (no `wait_for_ready`): an attempt on a channel
+  that cannot connect fails with UNAVAILABLE and the transport's reason (name not resolved,
+  connection refused, certificate not for this name, ...), which common/unreachable.py turns
+  into words; this loop is what waits. A cause is logged once in full, then every
+  REPEAT_LOG_S while it lasts.
+- DEADLINE_EXCEEDED: retried too. A GetTask long poll is answered before its deadline (the
+  coordinator holds it at most `wait_s`, and the deadline adds GET_TASK_SLACK_S), and a transfer
+  has minutes: a passed deadline means a stuck peer or network, which a new attempt may get past.
+
+Stopping: given a `stop` event, the loop ends within one wait of it being set (the worker's
+SIGTERM/SIGINT handler sets it and closes the channel, which cancels the attempt in flight) by
+raising `Stopped`, never by retrying on.
 Everything else (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND, PERMISSION_DENIED, ...) is an
 answer, raised at once as the matching FedtreeError: retrying it would hide bugs or bad input.
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +44,7 @@ from typing import TypeVar
 import grpc
 
 from common.errors import Unavailable, from_rpc_error
+from common.unreachable import diagnose
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +57,12 @@ INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 BACKOFF_MULTIPLIER = 2.0
 RETRY_FOR_S = 600.0  # WorkerConfig.connect_timeout_s: give up after the coordinator is gone this long
+REPEAT_LOG_S = 60.0  # an unchanged cause of failure is logged again after this long, not on every retry
+
+
+class Stopped(Exception):  # noqa: N818 - a request, not an error
+    """The worker was asked to stop (SIGTERM/SIGINT) while waiting on the coordinator."""
+
 
 # -- deadlines of one attempt (WorkerConfig fields default to these) -------------------------------
 # The coordinator holds an idle GetTask at most CoordinatorConfig.long_poll_s; a worker asks for
@@ -87,28 +102,59 @@ def call_with_retry(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     jitter: Callable[[float, float], float] = random.uniform,
+    stop: threading.Event | None = None,
 ) -> T:
     """Run `fn` (one attempt of the call `what` to `target`), retrying `policy.codes` with
     backoff until `policy.retry_for_s` have passed; then raise Unavailable. Any other failure is
-    raised at once as its FedtreeError."""
-    give_up = clock() + policy.retry_for_s
+    raised at once as its FedtreeError; a set `stop` ends the loop with Stopped."""
+    started = clock()
+    give_up = started + policy.retry_for_s
     delays = policy.delays()
     attempts = 0
+    log_state = _LogState()
     while True:
+        if stop is not None and stop.is_set():
+            raise Stopped(f"stopped during {what}")
         attempts += 1
         try:
             return fn()
         except grpc.RpcError as exc:
+            if stop is not None and stop.is_set():  # the attempt was cancelled by the stop
+                raise Stopped(f"stopped during {what}") from None
             code = exc.code() if hasattr(exc, "code") else None
             details = exc.details() if hasattr(exc, "details") else str(exc)
             if code not in policy.codes:
                 raise from_rpc_error(exc) from None
+            name = code.name if code is not None else "?"
+            reason = diagnose(details, target).message if code == grpc.StatusCode.UNAVAILABLE else f"{name}: {details}"
             left = give_up - clock()
             if left <= 0:
                 raise Unavailable(
                     f"coordinator {target} unreachable for {policy.retry_for_s:.0f} s during {what} "
-                    f"({attempts} attempts, last: {code.name if code else '?'}: {details})"
+                    f"({attempts} attempts): {reason}"
                 ) from None
             pause = min(jitter(0.0, next(delays)), left)
-            log.warning("[Worker.%s] %s: %s; retrying in %.1f s", what, code.name if code else "?", details, pause)
-            sleep(pause)
+            log_state.log(what, reason, attempts, clock() - started, pause, clock())
+            if stop is not None:
+                if stop.wait(pause):
+                    raise Stopped(f"stopped during {what}") from None
+            else:
+                sleep(pause)
+
+
+@dataclass
+class _LogState:
+    """A cause of failure in full when it first shows (or changes), then every REPEAT_LOG_S."""
+
+    reason: str = ""
+    logged_at: float = float("-inf")
+
+    def log(self, what: str, reason: str, attempts: int, waited_s: float, pause: float, now: float) -> None:
+        if reason != self.reason:
+            log.warning("[Worker.%s] %s; retrying (every <= %.0f s) until it answers", what, reason, MAX_BACKOFF_S)
+        elif now - self.logged_at >= REPEAT_LOG_S:
+            log.warning("[Worker.%s] still failing after %d attempts in %.0f s: %s", what, attempts, waited_s, reason)
+        else:
+            log.debug("[Worker.%s] %s; retrying in %.1f s", what, reason, pause)
+            return
+        self.reason, self.logged_at = reason, now

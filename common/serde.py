@@ -48,6 +48,7 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
             max_seq_length=run.train.max_seq_length,
             train_head=run.train.train_head,
             head_mode=run.train.head_mode,
+            gradient_accumulation_steps=run.train.gradient_accumulation_steps,
             task=run.task,
             max_new_tokens=run.generation.max_new_tokens,
             num_beams=run.generation.num_beams,
@@ -86,6 +87,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         weight_decay=msg.train.weight_decay,
         max_seq_length=msg.train.max_seq_length,
         head_mode=msg.train.head_mode or ("local" if msg.train.train_head else "frozen"),  # type: ignore[arg-type]
+        gradient_accumulation_steps=msg.train.gradient_accumulation_steps or 1,
     )
     ft = msg.fedtree
     fedtree = FedTreeConfig(
@@ -279,6 +281,7 @@ def status_to_proto(view: StatusView) -> apb.GetStatusResponse:
         pushes=view.pushes,
         deadline_unix=view.deadline_unix,
         workers=view.workers,
+        remaining_s=view.remaining_s,
     )
 
 

@@ -34,8 +34,6 @@ from coordinator.export import lambdas_in, write_adapter
 from coordinator.file_chunks import split_files
 from coordinator.strategies.base import TreeView as StrategyTree
 
-_STATES = {"lost": WorkerState.LOST, "evicted": WorkerState.EVICTED}
-
 
 def tree_view(snap: EngineSnapshot) -> TreeView:
     """The strategy's client tree (its `tree_view()`) with each worker's reported lambda per layer."""
@@ -103,20 +101,17 @@ def late_joiner_views(tree: StrategyTree) -> tuple[LateJoinerView, ...]:
 
 
 def worker_views(snap: EngineSnapshot) -> tuple[WorkerView, ...]:
-    """Every known worker; busy (training) = it owes the open round its push."""
-    cur = snap.current
+    """Every known worker, in one state: what it last said it does (pulling, evaluating, training,
+    pushing, idle), or lost / evicted as the coordinator knows; `activity` is that state's name."""
     out = []
     for info in snap.workers:
-        state = _STATES.get(info.activity, WorkerState.IDLE)
-        if info.activity not in _STATES:
-            busy = cur is not None and info.worker_id in cur.participants and info.worker_id not in cur.pushed
-            state = WorkerState.TRAINING if busy else WorkerState.IDLE
+        state = WorkerState[info.activity.upper()] if info.activity.upper() in WorkerState.__members__ else WorkerState.IDLE
         out.append(
             WorkerView(
                 worker_id=info.worker_id,
                 address=info.address,
                 state=state,
-                activity=info.activity,
+                activity=state.name.lower(),
                 last_heartbeat_unix=info.last_seen,
                 rounds_done=info.rounds_done,
                 bytes_sent=info.bytes_sent,
@@ -155,7 +150,14 @@ def status_view(snap: EngineSnapshot) -> StatusView:
     if cur is None:
         return base
     quorum = len(cur.participants) if snap.run.quorum is None else min(snap.run.quorum, len(cur.participants))
-    return replace(base, current_round=cur.round, quorum=quorum, pushes=len(cur.pushed), deadline_unix=cur.deadline)
+    return replace(
+        base,
+        current_round=cur.round,
+        quorum=quorum,
+        pushes=len(cur.pushed),
+        deadline_unix=cur.deadline,
+        remaining_s=snap.remaining_s,
+    )
 
 
 def round_views(

@@ -57,6 +57,7 @@ def render_status(s: apb.GetStatusResponse) -> str:
         ["round", f"{s.current_round or '-'} (last closed {s.last_closed_round} of {s.rounds})"],
         ["quorum", f"{s.pushes}/{s.quorum} pushes" if s.current_round else "-"],
         ["deadline", deadline],
+        ["left", f"~{s.remaining_s:.0f} s (from each waited-for worker's last round)" if s.HasField("remaining_s") else "-"],
         ["workers", str(s.workers)],
     ]
     return "\n".join(f"{k:<9} {v}" for k, v in rows)
@@ -206,11 +207,12 @@ def wait(stub: apb_grpc.AdminStub, md: Any, round: int | None, timeout_s: float,
 
 
 def progress_line(s: apb.GetStatusResponse) -> str:
-    """One line of `wait`: phase, round, pushes (and the status line's own estimate when it has one)."""
+    """One line of `wait`: phase, round, pushes and the round's estimated time left (when there is one)."""
     phase = apb.Phase.Name(s.phase).removeprefix("PHASE_").lower()
     if not s.current_round:
         return f"{phase}: last closed round {s.last_closed_round} of {s.rounds}, {s.workers} worker(s) joined"
-    return f"{phase}: round {s.current_round} of {s.rounds}, {s.pushes}/{s.quorum} pushes"
+    left = f", ~{round(s.remaining_s, -1):.0f} s left" if s.HasField("remaining_s") else ""  # to 10 s: a line per change
+    return f"{phase}: round {s.current_round} of {s.rounds}, {s.pushes}/{s.quorum} pushes{left}"
 
 
 def connection(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> AdminClientConfig:

@@ -24,79 +24,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from common.schema import HEAD_LAYER, Schema, UploadSpec, select, validate_head
+from common.schema import HEAD_LAYER, Schema, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
 from common.version import check_compatible
+from coordinator.engine_types import REPORTED_ACTIVITIES, EngineSnapshot, PushTicket, RoundInfo, WorkerInfo
 from coordinator.spill import discard_spill
 from coordinator.state import StateStore
 from coordinator.state_view import restore_strategy
 from coordinator.strategies import Download, Strategy, create_strategy
-from coordinator.strategies.base import LayerTensors, PersonalAdapter, TreeView
+from coordinator.strategies.base import LayerTensors, PersonalAdapter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerInfo:
-    worker_id: str
-    num_train_examples: int
-    last_seen: float
-    activity: str = "joined"  # joined / training / evaluating / pulling / pushing / idle / lost / evicted
-    address: str = ""
-    rounds_done: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    last_metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class RoundInfo:
-    round: int
-    started_at: float
-    deadline: float
-    participants: dict[str, int]  # worker -> example count
-    pushed: dict[str, str] = field(default_factory=dict)  # worker -> upload id
-    evaluating: bool = False  # the final evaluation pass after the last round
-
-
-@dataclass(frozen=True)
-class PushTicket:
-    """An admitted push (`RoundEngine.begin_push`): who pushes which round under which upload id,
-    and what it must carry, fixed once; `RoundEngine.commit` folds the received update under it."""
-
-    header: PushHeader
-    spec: UploadSpec
-    expected: Schema  # layer -> tensors the push must carry (HEAD_LAYER -> {}: the head blob)
-
-    @property
-    def worker_id(self) -> str:
-        return self.header.worker_id
-
-    @property
-    def round(self) -> int:
-        return self.header.round
-
-    @property
-    def upload_id(self) -> str:
-        return self.header.upload_id
-
-
-@dataclass(frozen=True)
-class EngineSnapshot:
-    """A consistent copy of the engine's state, taken under its lock (`RoundEngine.snapshot`)."""
-
-    run_id: str
-    run: RunConfig
-    last_closed: int
-    done: bool
-    paused: bool
-    workers: tuple[WorkerInfo, ...]  # copies, in worker id order
-    current: RoundInfo | None  # a copy of the open round
-    tree: TreeView | None  # the strategy's `tree_view()`; None: it builds no client tree (or no worker joined yet)
 
 
 class RoundEngine:
@@ -120,8 +62,17 @@ class RoundEngine:
         self.strategy: Strategy | None
         self.last_closed, self.strategy = restore_strategy(store, self.run, self.schema, self.spill_dir)
         self._resumed = False
+        counters = store.get("worker_counters") or {}
         for worker_id, n in store.workers().items():
-            self.workers[worker_id] = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
+            info = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
+            saved = counters.get(worker_id, {})
+            info.address = str(saved.get("address", ""))
+            info.rounds_done, info.bytes_sent, info.bytes_received = (
+                int(saved.get(k, 0)) for k in ("rounds_done", "bytes_sent", "bytes_received")
+            )
+            info.last_metrics = {k: float(v) for k, v in (saved.get("last_metrics") or {}).items()}
+            info.round_s = float(saved.get("round_s", 0.0))
+            self.workers[worker_id] = info
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
         self.paused = bool(store.get("paused"))
         self._waiting_logged: int | None = None  # the live-worker count last logged while waiting
@@ -193,7 +144,7 @@ class RoundEngine:
     def heartbeat(self, worker_id: str, activity: str) -> int:
         with self._cond:
             info = self._worker(worker_id)
-            info.activity = activity or info.activity
+            info.activity = REPORTED_ACTIVITIES.get(activity, info.activity)
             return self.current.round if self.current else self.last_closed
 
     def _worker(self, worker_id: str) -> WorkerInfo:
@@ -294,12 +245,27 @@ class RoundEngine:
             self.run.min_workers,
         )
 
+    def _counters(self) -> dict[str, dict[str, object]]:
+        """What the admin shows of each worker beyond its liveness, persisted with every closed
+        round so that a restarted coordinator shows it too (as of that round)."""
+        return {
+            w: {
+                "address": i.address,
+                "rounds_done": i.rounds_done,
+                "bytes_sent": i.bytes_sent,
+                "bytes_received": i.bytes_received,
+                "last_metrics": i.last_metrics,
+                "round_s": i.round_s,
+            }
+            for w, i in self.workers.items()
+        }
+
     def _close(self, cur: RoundInfo) -> None:
         assert self.strategy is not None
         self.current = None
         if cur.evaluating:
             self.done = True
-            self.store.put(evaluated=True)
+            self.store.put(evaluated=True, worker_counters=self._counters())
             log.info("[Engine] final evaluation done: run %s complete", self.run_id)
         else:
             self.strategy.close_round(cur.round)
@@ -309,7 +275,7 @@ class RoundEngine:
                 cur.started_at,
                 sorted(cur.pushed),
                 self.strategy.checkpoint_state(),
-                {"strategy_meta": self.strategy.checkpoint_meta()},
+                {"strategy_meta": self.strategy.checkpoint_meta(), "worker_counters": self._counters()},
             )
             self.last_closed = cur.round
             log.info(
@@ -391,18 +357,21 @@ class RoundEngine:
                     self.store.put(head_width=width)
                     log.info("[Engine] head width fixed by %s: %d (hidden + 1)", header.worker_id, width)
             cur.pushed[header.worker_id] = header.upload_id
+            info.round_s = self.clock() - cur.started_at
             info.rounds_done += 1
             info.bytes_received += nbytes
             info.last_metrics = dict(header.metrics)
             info.activity = "idle"
+            left = self._remaining_s(cur)
             log.info(
-                "[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d)",
+                "[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d pushed%s)",
                 header.round,
                 header.worker_id,
                 len(update),
                 nbytes,
                 len(cur.pushed),
                 len(cur.participants),
+                f", ~{left:.0f} s left" if left is not None and len(cur.pushed) < len(cur.participants) else "",
             )
             self._maybe_advance()
             self._cond.notify_all()
@@ -470,7 +439,16 @@ class RoundEngine:
                 workers=tuple(replace(info, last_metrics=dict(info.last_metrics)) for _, info in sorted(self.workers.items())),
                 current=None if cur is None else replace(cur, participants=dict(cur.participants), pushed=dict(cur.pushed)),
                 tree=self.strategy.tree_view() if self.strategy is not None else None,
+                remaining_s=self._remaining_s(cur) if cur is not None else None,
             )
+
+    def _remaining_s(self, cur: RoundInfo) -> float | None:
+        """The open round's time left, estimated from the workers it still waits for: each took
+        `round_s` from opening to push in its last round; None until they all have such a time."""
+        waiting = [self.workers[w].round_s for w in cur.participants if w not in cur.pushed and w in self.workers]
+        if not waiting or min(waiting) <= 0:
+            return None
+        return max(0.0, max(waiting) - (self.clock() - cur.started_at))
 
     def personalised(self, worker_id: str, metrics: Mapping[str, float]) -> PersonalAdapter:
         """The adapter `worker_id` uses after the last closed round, as far as the coordinator can
@@ -517,6 +495,11 @@ class RoundEngine:
             if self.strategy is None:
                 raise FailedPrecondition("no worker has joined this run yet: there is no client tree to rebuild")
             round = self.current.round + 1 if self.current is not None else self.last_closed + 1
+            if round > self.run.rounds:
+                raise FailedPrecondition(
+                    f"no round left to rebuild the tree in: the run has {self.run.rounds} rounds and "
+                    + ("is finished" if self.done or self.last_closed >= self.run.rounds else f"round {round - 1} is its last")
+                )
             self.strategy.request_rebuild(round)
             log.warning("[Engine] tree rebuild requested for round %d", round)
             return int(round)

@@ -1,6 +1,8 @@
 """`python -m worker [--config FILE]`: join a federation and train until the run is done.
 
 `python -m worker export --output-dir DIR`: write the personalised PEFT adapter from the local checkpoint.
+`python -m worker --plan [--config FILE] [--run-config COORDINATOR_YAML]`: adapter size, bytes on the
+wire and estimated peak memory per precision/quantisation, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -47,6 +49,25 @@ def export_main(argv: list[str]) -> int:
     return ExitCode.OK
 
 
+def plan_main(config: WorkerConfig, run_config: Path | None) -> int:
+    """`--plan`: print the memory plan of this worker's model in the run (no weights, no coordinator)."""
+    from worker.plan import load_run_config, plan
+
+    try:
+        run = load_run_config(run_config)
+        if config.model_path is None:
+            from worker.model import default_model_path
+
+            model_path = default_model_path(run.task)
+        else:
+            model_path = config.model_path
+        print(plan(config, run, model_path))
+    except ConfigError as exc:
+        print(f"fedtree-worker: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
@@ -57,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", help="override the worker id")
     parser.add_argument("--data-dir", type=Path, help="override data.dir (a prepared partition)")
     parser.add_argument("--output-dir", type=Path, help="override the output directory")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the adapter size, the bytes per round on the wire and the estimated peak memory of each "
+        "precision/quantisation for the configured model, then exit (reads config.json only, contacts nobody)",
+    )
+    parser.add_argument(
+        "--run-config",
+        type=Path,
+        help="with --plan: the run to plan for (a coordinator YAML, its run: section; default: RunConfig's defaults)",
+    )
     args = parser.parse_args(argv)
     overrides: dict[str, object] = {
         k: v
@@ -70,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fedtree-worker: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
+    if args.plan:
+        return plan_main(config, args.run_config)
     configure_logging(config.log_level, config.log_json, name=config.worker_id)
 
     from worker.runner import Worker  # heavy imports (torch, transformers) after the config is good
@@ -81,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.CONFIG
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping after the current step", signum)
+        log.info("signal %d: stopping (waits and retries end now, training at its next step)", signum)
         worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -10,6 +10,7 @@ instruct model's own format), else it is the prompt plus a newline. Evaluation g
 from __future__ import annotations
 
 import statistics
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -91,10 +92,19 @@ def train_causal(
     desc: str = "train",
     progress: bool = True,
     extra_groups: Sequence[tuple[list[torch.nn.Parameter], float]] = (),
+    stop: threading.Event | None = None,
 ) -> dict[str, float]:
     """Local training on response tokens only; same loop (and seeding) as the classifier's."""
     return optimise(
-        lm, examples, lambda batch: encode_train(lm.tokenizer, batch, cfg.max_seq_length), cfg, seed, desc, progress, extra_groups
+        lm,
+        examples,
+        lambda batch: encode_train(lm.tokenizer, batch, cfg.max_seq_length),
+        cfg,
+        seed,
+        desc,
+        progress,
+        extra_groups,
+        stop,
     )
 
 
@@ -105,16 +115,17 @@ def generate(lm: LoraModel, prompts: Sequence[str], gen: GenerationConfig, max_l
     tok = lm.tokenizer
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        enc = encode_prompts(tok, prompts[start : start + batch_size], max_len)
-        produced = lm.model.generate(  # type: ignore[operator]  # peft forwards to the base model
-            **enc,
-            max_new_tokens=gen.max_new_tokens,
-            num_beams=gen.num_beams,
-            do_sample=False,
-            pad_token_id=pad_id(tok),
-            eos_token_id=tok.eos_token_id,
-        )
-        new = produced[:, enc["input_ids"].shape[1] :]
+        enc = lm.hardware.to_device(encode_prompts(tok, prompts[start : start + batch_size], max_len))
+        with lm.hardware.autocast():
+            produced = lm.model.generate(  # type: ignore[operator]  # peft forwards to the base model
+                **enc,
+                max_new_tokens=gen.max_new_tokens,
+                num_beams=gen.num_beams,
+                do_sample=False,
+                pad_token_id=pad_id(tok),
+                eos_token_id=tok.eos_token_id,
+            )
+        new = produced[:, enc["input_ids"].shape[1] :].cpu()
         out += [text.strip() for text in tok.batch_decode(new, skip_special_tokens=True)]
     return out
 
@@ -131,7 +142,9 @@ def evaluate_causal(
     losses = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        losses.append((float(lm.model(**encode_train(lm.tokenizer, batch, cfg.max_seq_length)).loss), len(batch)))
+        with lm.hardware.autocast():
+            out = lm.model(**lm.hardware.to_device(encode_train(lm.tokenizer, batch, cfg.max_seq_length)))
+        losses.append((float(out.loss), len(batch)))
     predictions = generate(lm, [e.prompt for e in examples], gen, cfg.max_seq_length, batch_size)
     metrics = rouge(predictions, [e.response for e in examples])
     score = task_score(predictions, examples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -53,6 +54,7 @@ class FederationClient:
         self.transfer_timeout_s = transfer_timeout_s
         self.task_wait_s = task_wait_s
         self.channel = secure_channel(target, tls, insecure, CHANNEL_OPTIONS)
+        self.stopping = threading.Event()  # set by interrupt(): every wait and retry ends (common/retry.py)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.wire_dtype: str | None = None  # the run's, learnt in get_run()
         # The two bulk calls read and write chunk bytes by hand (common/wire.py): same wire format, fewer copies.
@@ -66,16 +68,20 @@ class FederationClient:
     def close(self) -> None:
         self.channel.close()
 
+    def interrupt(self) -> None:
+        """Stop now (SIGTERM/SIGINT): the call in flight is cancelled, a retry wait ends, and every
+        call from here on raises common.retry.Stopped."""
+        self.stopping.set()
+        self.channel.close()
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """One call, retried as common/retry.py says (the only retry layer)."""
-        return call_with_retry(fn, what, self.target, self.retry)
+        return call_with_retry(fn, what, self.target, self.retry, stop=self.stopping)
 
     def get_run(self) -> tuple[str, RunConfig]:
         resp = self._call(
             "GetRun",
-            lambda: self.stub.GetRun(
-                serde.get_run_request(self.worker_id), timeout=self.call_timeout_s, wait_for_ready=True, metadata=self.md
-            ),
+            lambda: self.stub.GetRun(serde.get_run_request(self.worker_id), timeout=self.call_timeout_s, metadata=self.md),
         )
         run_id, run = serde.run_from_proto(resp.run)
         self.wire_dtype = run.wire_dtype
@@ -84,7 +90,7 @@ class FederationClient:
     def join(self, req: JoinRequest) -> int:
         resp = self._call(
             "Join",
-            lambda: self.stub.Join(serde.join_to_proto(req), timeout=self.call_timeout_s, wait_for_ready=True, metadata=self.md),
+            lambda: self.stub.Join(serde.join_to_proto(req), timeout=self.call_timeout_s, metadata=self.md),
         )
         return resp.current_round
 
@@ -94,9 +100,7 @@ class FederationClient:
         wait = self.task_wait_s if wait_s is None else wait_s
         req = serde.get_task_request(self.worker_id, wait)
         timeout = wait + GET_TASK_SLACK_S
-        return serde.task_from_proto(
-            self._call("GetTask", lambda: self.stub.GetTask(req, timeout=timeout, wait_for_ready=True, metadata=self.md))
-        )
+        return serde.task_from_proto(self._call("GetTask", lambda: self.stub.GetTask(req, timeout=timeout, metadata=self.md)))
 
     def pull(self, round: int) -> Pulled:
         """Stream this round's adapters; returns layer -> role -> tensors."""
@@ -130,7 +134,7 @@ class FederationClient:
         req = serde.report_metrics_request(self.worker_id, round, metrics)
         self._call(
             "ReportMetrics",
-            lambda: self.stub.ReportMetrics(req, timeout=self.call_timeout_s, wait_for_ready=True, metadata=self.md),
+            lambda: self.stub.ReportMetrics(req, timeout=self.call_timeout_s, metadata=self.md),
         )
 
     def heartbeat(self, activity: str, timeout_s: float) -> int:

@@ -51,7 +51,8 @@ class TokenMixers(torch.nn.ModuleDict):
     def __init__(self, modules: list[tuple[str, Any]]) -> None:
         super().__init__()
         for name, module in modules:
-            mixer = torch.nn.Linear(module.in_features, 2)
+            # on the adapter's device (a GPU worker's), float32 like the LoRA weights
+            mixer = torch.nn.Linear(module.in_features, 2, device=module.lora_A["default"].weight.device)
             torch.nn.init.zeros_(mixer.weight)
             torch.nn.init.zeros_(mixer.bias)
             self[_key(name)] = mixer
@@ -101,7 +102,7 @@ class RestOfWorldMixer(TwoAdapters):
 
     def mixer_state(self) -> Tensors:
         """The mixers' tensors, `<module>.weight` / `<module>.bias` (as in MIXERS_FILE)."""
-        return {k: t.detach().clone().contiguous() for k, t in self.mixers.state_dict().items()}
+        return {k: t.detach().cpu().clone().contiguous() for k, t in self.mixers.state_dict().items()}
 
     @torch.no_grad()
     def load_mixers(self, tensors: Tensors) -> None:

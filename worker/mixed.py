@@ -21,7 +21,7 @@ import torch
 from common.chunking import Role
 from common.config import LoraConfig
 from common.lora import peft_config
-from worker.model import LoraModel, split_param_name
+from worker.model import LoraModel, split_param_name, to_cpu
 
 EXTERNAL = "external"
 Tensors = dict[str, torch.Tensor]
@@ -71,7 +71,7 @@ class TwoAdapters:
                 param.copy_(tensors[name].to(param.dtype))
 
     def external_layers(self) -> dict[int, Tensors]:
-        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.external.items()}
+        return {layer: {n: to_cpu(p) for n, p in named.items()} for layer, named in self.external.items()}
 
 
 class MixedExperts(TwoAdapters):
@@ -91,13 +91,14 @@ class MixedExperts(TwoAdapters):
     def _init_mix(self, lambda_init: float) -> None:
         """Create the mixing logits (here theta, one per layer) as parameters of the model."""
         theta0 = math.log(lambda_init / (1.0 - lambda_init))  # sigmoid(theta0) = lambda_init
-        self.theta.update({str(layer): torch.nn.Parameter(torch.full((), theta0)) for layer in self.lm.params})
+        device = self.lm.hardware.device
+        self.theta.update({str(layer): torch.nn.Parameter(torch.full((), theta0, device=device)) for layer in self.lm.params})
         self.lm.model.add_module("fedtree_theta", self.theta)  # part of model.parameters(), never uploaded
 
     def lam(self, layer: int) -> torch.Tensor:
         """The cluster expert's weight in a layer."""
         if layer in self.pinned:
-            return torch.ones(())
+            return torch.ones((), device=self.lm.hardware.device)
         return torch.sigmoid(self.theta[str(layer)])
 
     def lam_value(self, layer: int) -> float:

@@ -6,8 +6,7 @@ peft's adapter name removed, e.g. layer 3 -> "attention.self.query.lora_A.weight
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import math
 import os
 import re
@@ -16,6 +15,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -25,6 +25,11 @@ from common.config import LoraConfig
 from common.errors import ConfigError
 from common.lora import peft_config
 from common.schema import is_lora_a
+from worker.device import CPU, Hardware
+from worker.fingerprint import base_digest, fingerprint
+from worker.quantize import check_quantization, quantization_config
+
+log = logging.getLogger(__name__)
 
 Tensors = dict[str, torch.Tensor]
 LayerTensors = dict[int, Tensors]
@@ -79,9 +84,11 @@ class LoraModel:
     params: dict[int, dict[str, torch.nn.Parameter]]
     fingerprint: str
     prefix: str = ""
+    hardware: Hardware = CPU  # where the model computes; LoRA and head stay float32 there
 
     def layers(self) -> LayerTensors:
-        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.params.items()}
+        """A float32 CPU copy of the adapter: what the wire, the checkpoint and the export see."""
+        return {layer: {n: to_cpu(p) for n, p in named.items()} for layer, named in self.params.items()}
 
     def load_layers(self, update: LayerTensors) -> None:
         """Overwrite the named LoRA tensors with received ones (others stay as they are)."""
@@ -94,7 +101,12 @@ class LoraModel:
         return [p for n, p in self.model.named_parameters() if _is_head(n)]
 
     def head_state(self) -> Tensors:
-        return {n: p.detach().clone().contiguous() for n, p in self.model.named_parameters() if _is_head(n)}
+        return {n: to_cpu(p) for n, p in self.model.named_parameters() if _is_head(n)}
+
+
+def to_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached contiguous CPU copy (never a view of the model's own storage)."""
+    return tensor.detach().to("cpu", copy=True).contiguous()
 
 
 def _is_head(name: str) -> bool:
@@ -125,8 +137,9 @@ def head_rows(lm: LoraModel, label_keys: Sequence[str]) -> Tensors:
     when the projection has none)."""
     weight, bias = head_output(lm, len(label_keys))
     with torch.no_grad():
+        weight, bias = to_cpu(weight).float(), to_cpu(bias).float() if bias is not None else None
         return {
-            key: torch.cat([weight[i].float(), bias[i : i + 1].float() if bias is not None else torch.zeros(1)]).contiguous()
+            key: torch.cat([weight[i], bias[i : i + 1] if bias is not None else torch.zeros(1)]).contiguous()
             for i, key in enumerate(label_keys)
         }
 
@@ -154,13 +167,16 @@ def build_model(
     seed: int,
     train_head: bool,
     task: str = "classification",
+    hardware: Hardware = CPU,
 ) -> LoraModel:
     """Load the base model, seed its head, apply LoRA with the run's seed; only LoRA (+head) train.
 
     `label_keys` are the worker's labels in its own order, namespaced (`label_key`): row i of the
     head is label i's, initialised from that label's own generator (`seeded_init`).
-    task "causal_lm" loads a causal LM instead (no head; `label_keys` and `train_head` unused)."""
-    num_labels = len(label_keys)
+    task "causal_lm" loads a causal LM instead (no head; `label_keys` and `train_head` unused).
+    `hardware`: the device the model lives on and the dtype (or bitsandbytes quantisation) of its
+    frozen base weights; LoRA and the head are float32 whatever it is, and neither it nor the
+    device changes the fingerprint."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
@@ -168,38 +184,62 @@ def build_model(
     hf_logging.disable_progress_bar()
     if not (model_path / "config.json").exists():
         raise ConfigError(f"{model_path} is not a Hugging Face model directory (no config.json)")
+    check_quantization(hardware.device, hardware.quantization)
     with LOAD_LOCK:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        if task == "causal_lm":
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        else:
-            # A checkpoint's own head may have another label count: then the seeded head replaces it.
-            base = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=num_labels, ignore_mismatched_sizes=True
-            )
+        if task == "causal_lm" and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        base = _load_base(model_path, task, len(label_keys), hardware)
     if base.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         base.config.pad_token_id = tokenizer.pad_token_id
-    base_digest = _digest_base(base)
-    model = get_peft_model(base, peft_config(lora))
+    if hardware.gradient_checkpointing:
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"{type(base).__name__} does not support gradient checkpointing: set train.gradient_checkpointing false"
+            )
+        # non-reentrant: works with a frozen embedding (no enable_input_require_grads needed)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for name, param in base.named_parameters():  # the head's master weights are float32, like LoRA's
+        if _is_head(name) and param.dtype != torch.float32:
+            param.data = param.data.float()
+    digest = base_digest(model_path, skip=_is_head)
+    model = get_peft_model(base, peft_config(lora))  # peft keeps LoRA weights float32 (autocast_adapter_dtype)
     params: dict[int, dict[str, torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if "lora_" in name:
             where = split_param_name(name)
             if where is None:
                 raise ConfigError(f"LoRA module {name} is not inside a numbered transformer layer")
+            if param.dtype != torch.float32:
+                param.data = param.data.float()
             params.setdefault(where[0], {})[where[1]] = param
     if not params:
         raise ConfigError(f"target_modules {list(lora.target_modules)} matched no module of {model_path}")
     first = next(n for n, _ in model.named_parameters() if "lora_" in n)
-    lm = LoraModel(model, tokenizer, dict(sorted(params.items())), "", layer_prefix(first))
+    lm = LoraModel(model, tokenizer, dict(sorted(params.items())), "", layer_prefix(first), hardware)
     seeded_init(lm, seed, label_keys)
     for param in lm.head_parameters():
         param.requires_grad_(train_head)
-    fingerprint = _fingerprint(base_digest, lora, seed, params)
-    lm.fingerprint = fingerprint
+    lm.fingerprint = fingerprint(digest, lora, seed, lm.params)
+    log.info("[Worker] model %s on %s", model_path.name, hardware.describe())
     return lm
+
+
+def _load_base(model_path: Path, task: str, num_labels: int, hardware: Hardware) -> Any:
+    """The frozen base in `hardware`'s dtype (or quantised), placed on its device while loading.
+    A checkpoint's own head may have another label count: then the seeded head replaces it."""
+    kwargs: dict[str, Any] = {"dtype": hardware.dtype}
+    keep = () if task == "causal_lm" else HEAD_MODULES  # the seeded init writes into the head: never quantised
+    quantised = quantization_config(hardware.quantization, hardware.dtype, keep)
+    if quantised is not None:
+        kwargs["quantization_config"] = quantised
+    if hardware.device.type != "cpu":  # straight onto the device, shard by shard (no whole copy in host RAM)
+        kwargs["device_map"] = {"": str(hardware.device)}
+    if task == "causal_lm":
+        return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=num_labels, ignore_mismatched_sizes=True, **kwargs
+    )
 
 
 def _generator(seed: int, key: str) -> torch.Generator:
@@ -224,12 +264,14 @@ def seeded_init(lm: LoraModel, seed: int, label_keys: Sequence[str] = ()) -> Non
     label indices push their B towards the same rows and the tree groups them by skew:
     docs/ALGORITHM.md, "Shared init"). Biases start at zero; other head weights (e.g. a dense
     layer before the output projection) stay keyed by parameter name.
+    Every draw is made on the CPU in float32 and copied to the parameter, so a GPU worker and a
+    CPU worker of one run start bit-identical.
     """
     for layer, named in lm.params.items():
         for name, param in named.items():
             if is_lora_a(name):
                 bound = 1.0 / math.sqrt(param.shape[1])
-                param.uniform_(-bound, bound, generator=_generator(seed, f"{layer}/{name}"))
+                param.copy_(_draw(param).uniform_(-bound, bound, generator=_generator(seed, f"{layer}/{name}")))
             else:
                 param.zero_()
     std = float(getattr(lm.model.config, "initializer_range", 0.02))
@@ -240,32 +282,11 @@ def seeded_init(lm: LoraModel, seed: int, label_keys: Sequence[str] = ()) -> Non
             param.zero_()
         elif label_keys and param.shape[0] == len(label_keys):
             for row, key in zip(param, label_keys, strict=True):
-                row.normal_(0.0, std, generator=_generator(seed, f"head/{key}"))
+                row.copy_(_draw(row).normal_(0.0, std, generator=_generator(seed, f"head/{key}")))
         else:
-            param.normal_(0.0, std, generator=_generator(seed, name))
+            param.copy_(_draw(param).normal_(0.0, std, generator=_generator(seed, name)))
 
 
-def _digest_base(model: torch.nn.Module) -> str:
-    """sha256 of the base config and every non-head weight: same digest <=> same base model."""
-    h = hashlib.sha256()
-    cfg = getattr(model, "config").to_dict()  # noqa: B009 - nn.Module attribute typing
-    for volatile in ("num_labels", "id2label", "label2id", "_name_or_path", "transformers_version", "architectures"):
-        cfg.pop(volatile, None)
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        if _is_head(name):
-            continue
-        h.update(name.encode())
-        h.update(tensor.detach().contiguous().view(torch.uint8).numpy())  # the buffer itself, no copy
-    return h.hexdigest()
-
-
-def _fingerprint(base_digest: str, lora: LoraConfig, seed: int, params: dict[int, dict[str, torch.nn.Parameter]]) -> str:
-    h = hashlib.sha256(base_digest.encode())
-    h.update(json.dumps(lora.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(str(seed).encode())
-    for layer in sorted(params):
-        for name in sorted(params[layer]):
-            h.update(f"{layer}/{name}".encode())
-            h.update(params[layer][name].detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _draw(like: torch.Tensor) -> torch.Tensor:
+    """An empty float32 CPU tensor of `like`'s shape, for a seeded draw (CPU generators only draw there)."""
+    return torch.empty(like.shape, dtype=torch.float32)

@@ -23,7 +23,7 @@ import torch
 from common.config import FedTreeConfig, LoraConfig
 from common.lora import peft_config
 from worker.mixed import EXTERNAL, MixedExperts, Tensors
-from worker.model import LoraModel, split_param_name
+from worker.model import LoraModel, split_param_name, to_cpu
 
 PERSONAL = "personal"
 EXPERTS = ("default", EXTERNAL, PERSONAL)  # the order of phi's entries: cluster, external, personal
@@ -56,14 +56,17 @@ class PersonalExperts(MixedExperts):
     def _init_mix(self, lambda_init: float) -> None:
         p0 = self.personal_init
         phi0 = [math.log(lambda_init * (1 - p0)), math.log((1 - lambda_init) * (1 - p0)), math.log(p0)]
-        self.phi = torch.nn.ParameterDict({str(layer): torch.nn.Parameter(torch.tensor(phi0)) for layer in self.lm.params})
+        device = self.lm.hardware.device
+        self.phi = torch.nn.ParameterDict(
+            {str(layer): torch.nn.Parameter(torch.tensor(phi0, device=device)) for layer in self.lm.params}
+        )
         self.lm.model.add_module("fedtree_phi", self.phi)  # part of model.parameters(), never uploaded
 
     def weights(self, layer: int) -> torch.Tensor:
         """(w_c, w_e, w_p) of a layer; w_e = 0 where the layer has one cluster."""
         w = torch.softmax(self.phi[str(layer)], dim=0)
         if layer in self.pinned:
-            return torch.stack((w[0] + w[1], torch.zeros((), dtype=w.dtype), w[2]))
+            return torch.stack((w[0] + w[1], torch.zeros((), dtype=w.dtype, device=w.device), w[2]))
         return w
 
     def weight(self, layer: int, adapter: str, dtype: torch.dtype) -> torch.Tensor:
@@ -82,7 +85,7 @@ class PersonalExperts(MixedExperts):
         return list(self.phi.values())
 
     def personal_layers(self) -> dict[int, Tensors]:
-        return {layer: {n: p.detach().clone() for n, p in named.items()} for layer, named in self.personal.items()}
+        return {layer: {n: to_cpu(p) for n, p in named.items()} for layer, named in self.personal.items()}
 
     @torch.no_grad()
     def load_personal(self, layers: dict[int, Tensors]) -> None:

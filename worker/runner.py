@@ -16,12 +16,14 @@ from common.chunking import Role
 from common.config import RunConfig, WorkerConfig
 from common.errors import ConfigError, FailedPrecondition, FedtreeError, InvalidArgument
 from common.exit_codes import ExitCode
+from common.retry import Stopped
 from common.schema import HEAD_LAYER, UploadSpec, schema_of, validate_head, validate_layer
 from common.types import JoinRequest, PushHeader, Task, TaskKind
 from common.version import PROTOCOL_VERSION
 from worker.causal import evaluate_causal, train_causal
 from worker.checkpoint import resume, save_checkpoint
 from worker.client import FederationClient, Pulled
+from worker.device import resolve_hardware
 from worker.export import export_adapter
 from worker.local_data import LocalData, PromptData, load_any_data
 from worker.model import LoraModel, build_model, default_model_path, head_rows, head_width, load_head_rows
@@ -37,6 +39,7 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, client: FederationClient | None = None) -> None:
         self.config = config
+        self.hardware = resolve_hardware(config)  # a device or precision this machine lacks fails here, at start
         self.data: LocalData | PromptData = load_any_data(config.data)
         self.client = client or FederationClient(
             config.coordinator,
@@ -70,7 +73,9 @@ class Worker:
             have = "prompt/response pairs" if isinstance(self.data, PromptData) else "labelled texts"
             raise ConfigError(f"run task is {run.task} but this worker's data holds {have}")
         self.model_path = Path(self.config.model_path or default_model_path(run.task))
-        self.lm = build_model(self.model_path, self.data.label_keys, run.lora, run.seed, run.train.train_head, run.task)
+        self.lm = build_model(
+            self.model_path, self.data.label_keys, run.lora, run.seed, run.train.train_head, run.task, self.hardware
+        )
         self.strategy = create_worker_strategy(run)
         self.strategy.prepare(self.lm)
         schema = schema_of(self.lm.layers())
@@ -112,7 +117,10 @@ class Worker:
                     self.handle(task)
                 except FailedPrecondition as exc:  # e.g. the round closed while we trained: move on
                     log.warning("[Worker] round %d: %s", task.round, exc)
-            return ExitCode.OK
+            return ExitCode.SIGNAL  # stop() between tasks
+        except Stopped:
+            log.info("[Worker] stopped (signal)")
+            return ExitCode.SIGNAL
         except InvalidArgument as exc:
             log.error("[Worker] the coordinator rejected our data: %s", exc)
             return ExitCode.REJECTED
@@ -133,7 +141,10 @@ class Worker:
             self.client.close()
 
     def stop(self) -> None:
+        """End the worker (SIGTERM/SIGINT): any wait on or retry of the coordinator ends at once
+        (the client is interrupted); a round in training stops at its next step."""
         self._stop.set()
+        self.client.interrupt()
 
     def handle(self, task: Task) -> None:
         assert self.lm is not None and self.run is not None and self.strategy is not None
@@ -160,7 +171,9 @@ class Worker:
         extra = self.strategy.extra_param_groups()
         desc = f"{self.config.worker_id} round {task.round}"
         if isinstance(self.data, PromptData):
-            metrics = train_causal(self.lm, self.data.train, self.run.train, seed, desc, self.config.progress, extra)
+            metrics = train_causal(
+                self.lm, self.data.train, self.run.train, seed, desc, self.config.progress, extra, stop=self._stop
+            )
         else:
             metrics = train_local(
                 self.lm,
@@ -171,6 +184,7 @@ class Worker:
                 desc=desc,
                 progress=self.config.progress,
                 extra_groups=extra,
+                stop=self._stop,
             )
         self._mark("trained")
         metrics.update(self.strategy.metrics())  # e.g. lambda_<layer> (fedtree)

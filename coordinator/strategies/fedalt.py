@@ -9,6 +9,8 @@ Robust aggregation (`robust.method` other than mean): a worker's rest of world i
 aggregate (coordinate median, trimmed mean, centred clip) of the others' adapters of the previous
 round, reduced when it is first pulled (memoised until the next round closes).
 Export from the coordinator: refused, the mixers never leave the worker (export from the worker).
+Checkpointed with every closed round (each worker's adapter of that round and its weight), so a
+restarted coordinator hands out the same rest of world.
 """
 
 from __future__ import annotations
@@ -83,3 +85,30 @@ class FedALT(Strategy):
             f"fedalt mixes {worker_id}'s own adapter with the rest of world through per-token mixers that never leave "
             f"the worker: {EXPORT_FROM_WORKER}"
         )
+
+    # -- persistence: each worker's last adapter (its "cluster" of one) and weight ------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            f"own/{layer}/{own}/{name}": tensor
+            for layer, owners in self.sums.weights.items()
+            for own in owners
+            for name, tensor in self.sums.cluster_mean(layer, own).items()
+        }
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "ids": dict(self.ids),
+            "weights": {str(layer): {str(o): w for o, w in ws.items()} for layer, ws in self.sums.weights.items()},
+        }
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+        meta = meta or {}
+        self.ids = {str(w): int(i) for w, i in (meta.get("ids") or {}).items()}
+        means: dict[tuple[int, int], Tensors] = {}
+        for key, tensor in tensors.items():
+            _, layer_id, own_id, name = key.split("/", 3)
+            means.setdefault((int(layer_id), int(own_id)), {})[name] = tensor
+        self.sums = ClusterSums()
+        for (layer, own), mean in sorted(means.items()):
+            self.sums.add(layer, own, mean, float(meta["weights"][str(layer)][str(own)]))
+        self._robust_rest = {}

@@ -140,7 +140,7 @@ def test_json_api_and_metrics(finished_run: tuple[Coordinator, str]) -> None:
     }
     assert samples[("fedtree_rounds_closed_total", ())] == ROUNDS
     assert samples[("fedtree_current_round", ())] == ROUNDS
-    states = {"joined", "training", "idle", "lost", "evicted"}
+    states = {"joined", "pulling", "evaluating", "training", "pushing", "idle", "lost", "evicted"}
     assert {dict(labels)["state"] for (name, labels) in samples if name == "fedtree_workers"} == states
     assert sum(v for (name, _), v in samples.items() if name == "fedtree_workers") == len(WORKERS)
     assert samples[("fedtree_bytes_received_total", ())] == sum(int(w["bytesReceived"]) for w in workers)

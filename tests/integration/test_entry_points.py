@@ -39,3 +39,45 @@ def test_worker_unknown_env_key_names_it(tmp_path: Path) -> None:
 def test_worker_missing_data_fails_clearly(tmp_path: Path) -> None:
     proc = _run("worker", "--data-dir", str(tmp_path / "nowhere"), "--coordinator", "127.0.0.1:1")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_unreachable_worker_says_why_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """A worker whose coordinator refuses connections names the cause once (not DEADLINE_EXCEEDED),
+    and SIGTERM ends its retrying within 2 s with the signal exit code (it used to retry on for
+    connect_timeout_s)."""
+    import os
+    import signal
+    import socket
+    import time
+
+    from testdata import write_client_data
+
+    from common.exit_codes import ExitCode
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = write_client_data(tmp_path / "data", ("sports", "tech"))
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "FEDTREE_WORKER__INSECURE": "true", "FEDTREE_WORKER__CONNECT_TIMEOUT_S": "600"}
+    cmd = [sys.executable, "-m", "worker", "--data-dir", str(data), "--coordinator", f"127.0.0.1:{port}", "--worker-id", "w"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 90
+            while "connection refused by" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.2)
+            time.sleep(1.0)  # well inside a retry wait
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            while "stopped (signal)" not in log.read_text() and time.monotonic() - sent < 10:
+                time.sleep(0.05)
+            took = time.monotonic() - sent  # the retry loop has ended; the interpreter then exits
+            code = proc.wait(timeout=20)
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert f"connection refused by 127.0.0.1:{port}" in text and "DEADLINE_EXCEEDED" not in text, text
+    assert text.count("connection refused by") == 1, text  # once, not on every retry
+    assert code == ExitCode.SIGNAL and took < 2.0, (code, took, text)

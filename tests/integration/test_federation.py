@@ -13,7 +13,10 @@ from common.exit_codes import ExitCode
 from worker.runner import Worker
 
 
-def _worker(coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, worker_id: str, token: str | None = None) -> Worker:
+def _worker(
+    coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, worker_id: str, token: str | None = None, **extra: object
+) -> Worker:
+    """A loopback worker of the coordinator under test; `extra`: more WorkerConfig fields (e.g. precision)."""
     cfg = WorkerConfig(
         worker_id=worker_id,
         coordinator=f"127.0.0.1:{coord.port}",  # type: ignore[attr-defined]
@@ -25,6 +28,7 @@ def _worker(coord: object, tiny_model_dir: Path, data_dir: Path, out: Path, work
         heartbeat_s=0.5,
         token=token,
         insecure=True,
+        **extra,  # type: ignore[arg-type]
     )
     return Worker(cfg)
 

@@ -75,10 +75,30 @@ def test_status_and_workers_while_a_round_is_open(started: Harness) -> None:
         deadline_unix=T0 + DEADLINE,
     )
     workers = {w.worker_id: w for w in worker_views(h.engine.snapshot())}
-    assert workers["A"].state == WorkerState.IDLE and workers["B"].state == WorkerState.TRAINING  # B owes its push
+    assert workers["A"].state == WorkerState.IDLE and workers["B"].state == WorkerState.JOINED  # B has not said more
     assert workers["A"] == WorkerView("A", "", WorkerState.IDLE, "idle", T0, 1, 0, 100, {"loss": 1.0}, 10)
     h.engine.evict("B")
     assert {w.worker_id: w.state for w in worker_views(h.engine.snapshot())}["B"] == WorkerState.EVICTED
+
+
+@pytest.mark.parametrize(
+    ("said", "state"),
+    [
+        ("evaluating", WorkerState.EVALUATING),
+        ("training", WorkerState.TRAINING),
+        ("pulling", WorkerState.PULLING),
+        ("pushing", WorkerState.PUSHING),
+        ("idle", WorkerState.IDLE),
+        ("starting", WorkerState.JOINED),
+        ("lost", WorkerState.JOINED),  # not a worker's to say: ignored
+        ("dancing", WorkerState.JOINED),  # unknown: ignored
+    ],
+)
+def test_state_and_activity_are_one(started: Harness, said: str, state: WorkerState) -> None:
+    """The state enum is what the worker last said it does (or lost/evicted): the two never disagree."""
+    started.engine.heartbeat("B", said)
+    view = {w.worker_id: w for w in worker_views(started.engine.snapshot())}["B"]
+    assert view.state == state and view.activity == state.name.lower()
 
 
 def test_phases(h: Harness) -> None:
@@ -308,3 +328,21 @@ def test_admin_cli_renders_late_joiners_under_their_cluster_and_the_pending_ones
     assert lines[at + 1] == "     ┄┄ d (late, placed round 4)"  # hangs under {a, b}, the tree cluster it joined
     assert "  d: placed after round 4, distance 0.25, clusters per layer [0]" in lines
     assert "  e: in its own warmup, 1/2 rounds pushed" in lines
+
+
+def test_status_estimates_the_rounds_time_left_from_the_last_round(started: Harness) -> None:
+    """No estimate in round 1; then each worker still to push is expected to take as long as it
+    took last round, counted from the round's opening."""
+    h = started
+    assert status_view(h.engine.snapshot()).remaining_s is None
+    h.clock.advance(10)
+    h.push("A", 1, 1.0, 1)
+    h.clock.advance(20)
+    h.push("B", 1, 1.0, 1)  # round 1 closes: A took 10 s, B 30 s; round 2 opens now
+    h.clock.advance(5)
+    assert status_view(h.engine.snapshot()).remaining_s == pytest.approx(25.0)
+    h.clock.advance(7)
+    h.push("A", 2, 1.0, 1)
+    assert status_view(h.engine.snapshot()).remaining_s == pytest.approx(18.0)  # only B left: 30 - 12
+    h.clock.advance(40)
+    assert status_view(h.engine.snapshot()).remaining_s == 0.0  # late, not negative

@@ -145,6 +145,22 @@ def test_restart_after_round_one(started: Harness) -> None:
     assert h.global_adapter() == as_lists(update(5.0))
 
 
+def test_restart_keeps_the_admin_counters_as_of_the_last_closed_round(started: Harness) -> None:
+    """rounds done, bytes, address and metrics survive a restart (they used to restart from zero
+    and an empty address); pushes of the unclosed round are not counted, they are re-requested."""
+    h = started
+    h.engine.workers["A"].address = "ipv4:10.0.0.5:4242"
+    h.engine.add_bytes_sent("A", 500)
+    h.push("A", 1, 1.0, 1)
+    h.push("B", 1, 5.0, 3)
+    h.push("A", 2, 1.0, 1)  # round 2 stays open
+    engine = h.restart()
+    a, b = engine.workers["A"], engine.workers["B"]
+    assert (a.rounds_done, a.bytes_received, a.bytes_sent, a.address) == (1, 100, 500, "ipv4:10.0.0.5:4242")
+    assert (b.rounds_done, b.bytes_received) == (1, 100)
+    assert a.last_metrics == {"loss": 1.0} and a.activity == "lost"
+
+
 def test_restart_discards_unclosed_pushes_of_next_round(started: Harness) -> None:
     h = started
     h.push("A", 1, 1.0, 1)
@@ -180,3 +196,16 @@ def test_restart_during_round_one_allows_re_push(started: Harness) -> None:
     assert h.push("A", 1, 1.0, 1, upload_id="after-crash") == PushResult(True, 1, 2)
     h.push("B", 1, 5.0, 3)
     assert h.global_adapter() == as_lists(update(4.0))
+
+
+def test_waiting_for_workers_is_logged_once_per_change(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An operator whose coordinator waits for min_workers sees why in its log (it used to say nothing)."""
+    import logging
+
+    h = Harness(tmp_path)  # min_workers = 2
+    with caplog.at_level(logging.INFO, logger="coordinator.engine"):
+        h.join("A")
+        h.task("A")
+        h.task("A")
+    waiting = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert waiting == ["[Engine] waiting for 1 more worker(s) before round 1 opens: 1/2 joined and live (run.min_workers)"]

@@ -356,3 +356,35 @@ def test_push_before_any_round(h: Harness) -> None:
 def test_commit_unknown_worker(started: Harness) -> None:
     with pytest.raises(NotFound):
         started.push("ghost", 1, 1.0, 1)
+
+
+def test_rebuild_needs_a_round_left(tmp_path: Path) -> None:
+    """RebuildTree during the last round or after the run: FAILED_PRECONDITION, not a round past the end."""
+    from common.config import CoordinatorConfig, RunConfig
+    from common.errors import FailedPrecondition
+    from common.types import JoinRequest, PushHeader
+    from coordinator.engine import PushTicket, RoundEngine
+    from coordinator.state import StateStore
+
+    run = RunConfig.model_validate({"strategy": "fedtree", "rounds": 2, "min_workers": 2, "fedtree": {"warmup_rounds": 1}})
+    engine = RoundEngine(CoordinatorConfig(state_dir=tmp_path, run=run), StateStore(tmp_path))
+    engine.resume()
+    for worker in ("a", "b"):
+        engine.join(JoinRequest(worker, FP, 10, SCHEMA))
+    assert engine.request_rebuild() == 2  # during round 1: the tree can be rebuilt in round 2
+
+    def push_all(round: int) -> None:
+        for i, worker in enumerate(("a", "b")):
+            ticket = engine.begin_push(PushHeader(worker, round, f"{worker}{round}", 10, {}))
+            assert isinstance(ticket, PushTicket)
+            engine.commit(ticket, update(float(i)), nbytes=1)
+
+    push_all(1)
+    with pytest.raises(FailedPrecondition, match="round 2 is its last"):
+        engine.request_rebuild()  # during the last round
+    push_all(2)
+    for worker in ("a", "b"):
+        engine.report_metrics(worker, 2, {"accuracy": 1.0})
+    assert engine.done
+    with pytest.raises(FailedPrecondition, match="is finished"):
+        engine.request_rebuild()

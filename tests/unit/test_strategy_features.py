@@ -113,3 +113,21 @@ def test_fedalt_rest_of_world_resists_an_outlier_under_robust_method(method: str
     late = {d.layer: d.tensors for d in robust.downloads("late", 2)}
     assert (late[1][A] - honest_mean).abs().max() < 0.1
     assert robust.downloads("w0", 2)[0].tensors is robust.downloads("w0", 2)[0].tensors  # reduced once per round
+
+
+def test_fedalt_rest_of_world_survives_a_coordinator_restart() -> None:
+    """The coordinator checkpoints each worker's last adapter: after a restart every worker pulls
+    the same rest of world (it used to pull nothing until the next round closed)."""
+    before = make("fedalt")
+    for i, worker in enumerate(("w0", "w1", "w2")):
+        before.accumulate(worker, 1, {layer: honest(i) for layer in SCHEMA}, weight=float(i + 1))
+    before.close_round(1)
+    after = make("fedalt")
+    after.restore(before.checkpoint_state(), before.checkpoint_meta())
+    for worker in ("w0", "w1", "w2", "newcomer"):
+        old = {(d.layer, d.share_key): d.tensors for d in before.downloads(worker, 2)}
+        new = {(d.layer, d.share_key): d.tensors for d in after.downloads(worker, 2)}
+        assert old.keys() == new.keys() and old
+        for key in old:
+            for name in old[key]:
+                torch.testing.assert_close(new[key][name], old[key][name])

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/fedtree/v1/admin.proto\x12\nfedtree.v1\"D\n\x05Merge\x12\x0c\n\x04left\x18\x01 \x01(\r\x12\r\n\x05right\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12\x0c\n\x04size\x18\x04 \x01(\r\"\x1a\n\x07\x43luster\x12\x0f\n\x07workers\x18\x01 \x03(\t\"\xbb\x01\n\x08LayerCut\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x15\n\rcluster_count\x18\x02 \x01(\r\x12%\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x13.fedtree.v1.Cluster\x12\x32\n\x07lambdas\x18\x04 \x03(\x0b\x32!.fedtree.v1.LayerCut.LambdasEntry\x1a.\n\x0cLambdasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"h\n\rLatePlacement\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x12\n\nnew_branch\x18\x05 \x01(\x08\"\xd3\x01\n\nLateJoiner\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cplaced_round\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12\x17\n\x0fnew_branch_from\x18\x04 \x01(\x05\x12\x0e\n\x06\x61nchor\x18\x05 \x01(\x05\x12\x1a\n\x12warmup_rounds_done\x18\x06 \x01(\r\x12\x1a\n\x12late_warmup_rounds\x18\x07 \x01(\r\x12)\n\x06layers\x18\x08 \x03(\x0b\x32\x19.fedtree.v1.LatePlacement\"\x10\n\x0eGetTreeRequest\"\xf8\x01\n\x0fGetTreeResponse\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\r\n\x05\x62uilt\x18\x02 \x01(\x08\x12\x13\n\x0b\x62uilt_round\x18\x03 \x01(\r\x12\x0f\n\x07linkage\x18\x04 \x01(\t\x12\x0e\n\x06leaves\x18\x05 \x03(\t\x12!\n\x06merges\x18\x06 \x03(\x0b\x32\x11.fedtree.v1.Merge\x12$\n\x06layers\x18\x07 \x03(\x0b\x32\x14.fedtree.v1.LayerCut\x12\x17\n\x0frebuild_pending\x18\x08 \x01(\x08\x12,\n\x0clate_joiners\x18\t \x03(\x0b\x32\x16.fedtree.v1.LateJoiner\"\xd7\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.fedtree.v1.WorkerState\x12\x10\n\x08\x61\x63tivity\x18\x04 \x01(\t\x12\x1b\n\x13last_heartbeat_unix\x18\x05 \x01(\x01\x12\x13\n\x0brounds_done\x18\x06 \x01(\r\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12=\n\x0clast_metrics\x18\t \x03(\x0b\x32\'.fedtree.v1.WorkerInfo.LastMetricsEntry\x12\x1a\n\x12num_train_examples\x18\n \x01(\x04\x1a\x32\n\x10LastMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x14\n\x12ListWorkersRequest\">\n\x13ListWorkersResponse\x12\'\n\x07workers\x18\x01 \x03(\x0b\x32\x16.fedtree.v1.WorkerInfo\"\x12\n\x10GetStatusRequest\"\xe1\x01\n\x11GetStatusResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12 \n\x05phase\x18\x03 \x01(\x0e\x32\x11.fedtree.v1.Phase\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x19\n\x11last_closed_round\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x0e\n\x06quorum\x18\x07 \x01(\r\x12\x0e\n\x06pushes\x18\x08 \x01(\r\x12\x15\n\rdeadline_unix\x18\t \x01(\x01\x12\x0f\n\x07workers\x18\n \x01(\r\"\xf7\x03\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x14\n\x0cstarted_unix\x18\x03 \x01(\x01\x12\x13\n\x0b\x63losed_unix\x18\x04 \x01(\x01\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\x12\x0e\n\x06pushes\x18\x07 \x01(\r\x12<\n\x0cmean_metrics\x18\x08 \x03(\x0b\x32&.fedtree.v1.RoundInfo.MeanMetricsEntry\x12\x35\n\x08\x61\x63\x63uracy\x18\t \x03(\x0b\x32#.fedtree.v1.RoundInfo.AccuracyEntry\x12\x0e\n\x06metric\x18\n \x01(\t\x12\x45\n\x11metric_per_worker\x18\x0b \x03(\x0b\x32*.fedtree.v1.RoundInfo.MetricPerWorkerEntry\x1a\x32\n\x10MeanMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rAccuracyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14MetricPerWorkerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x12\n\x10GetRoundsRequest\":\n\x11GetRoundsResponse\x12%\n\x06rounds\x18\x01 \x03(\x0b\x32\x15.fedtree.v1.RoundInfo\")\n\x14\x45xportAdapterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"U\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\"\'\n\x12\x45victWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x15\n\x13\x45victWorkerResponse\"\x0e\n\x0cPauseRequest\"\x0f\n\rPauseResponse\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse\"\x14\n\x12RebuildTreeRequest\"$\n\x13RebuildTreeResponse\x12\r\n\x05round\x18\x01 \x01(\r*\xa7\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13WORKER_STATE_JOINED\x10\x01\x12\x19\n\x15WORKER_STATE_TRAINING\x10\x02\x12\x15\n\x11WORKER_STATE_IDLE\x10\x03\x12\x15\n\x11WORKER_STATE_LOST\x10\x04\x12\x18\n\x14WORKER_STATE_EVICTED\x10\x05*\x8f\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_WAITING\x10\x01\x12\x10\n\x0cPHASE_WARMUP\x10\x02\x12\x12\n\x0ePHASE_TRAINING\x10\x03\x12\x14\n\x10PHASE_EVALUATING\x10\x04\x12\x0e\n\nPHASE_DONE\x10\x05\x12\x10\n\x0cPHASE_PAUSED\x10\x06\x32\x9a\x05\n\x05\x41\x64min\x12\x42\n\x07GetTree\x12\x1a.fedtree.v1.GetTreeRequest\x1a\x1b.fedtree.v1.GetTreeResponse\x12N\n\x0bListWorkers\x12\x1e.fedtree.v1.ListWorkersRequest\x1a\x1f.fedtree.v1.ListWorkersResponse\x12H\n\tGetStatus\x12\x1c.fedtree.v1.GetStatusRequest\x1a\x1d.fedtree.v1.GetStatusResponse\x12H\n\tGetRounds\x12\x1c.fedtree.v1.GetRoundsRequest\x1a\x1d.fedtree.v1.GetRoundsResponse\x12J\n\rExportAdapter\x12 .fedtree.v1.ExportAdapterRequest\x1a\x15.fedtree.v1.FileChunk0\x01\x12N\n\x0b\x45victWorker\x12\x1e.fedtree.v1.EvictWorkerRequest\x1a\x1f.fedtree.v1.EvictWorkerResponse\x12<\n\x05Pause\x12\x18.fedtree.v1.PauseRequest\x1a\x19.fedtree.v1.PauseResponse\x12?\n\x06Resume\x12\x19.fedtree.v1.ResumeRequest\x1a\x1a.fedtree.v1.ResumeResponse\x12N\n\x0bRebuildTree\x12\x1e.fedtree.v1.RebuildTreeRequest\x1a\x1f.fedtree.v1.RebuildTreeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/fedtree/v1/admin.proto\x12\nfedtree.v1\"D\n\x05Merge\x12\x0c\n\x04left\x18\x01 \x01(\r\x12\r\n\x05right\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12\x0c\n\x04size\x18\x04 \x01(\r\"\x1a\n\x07\x43luster\x12\x0f\n\x07workers\x18\x01 \x03(\t\"\xbb\x01\n\x08LayerCut\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x15\n\rcluster_count\x18\x02 \x01(\r\x12%\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x13.fedtree.v1.Cluster\x12\x32\n\x07lambdas\x18\x04 \x03(\x0b\x32!.fedtree.v1.LayerCut.LambdasEntry\x1a.\n\x0cLambdasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"h\n\rLatePlacement\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x12\n\nnew_branch\x18\x05 \x01(\x08\"\xd3\x01\n\nLateJoiner\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cplaced_round\x18\x02 \x01(\r\x12\x10\n\x08\x64istance\x18\x03 \x01(\x01\x12\x17\n\x0fnew_branch_from\x18\x04 \x01(\x05\x12\x0e\n\x06\x61nchor\x18\x05 \x01(\x05\x12\x1a\n\x12warmup_rounds_done\x18\x06 \x01(\r\x12\x1a\n\x12late_warmup_rounds\x18\x07 \x01(\r\x12)\n\x06layers\x18\x08 \x03(\x0b\x32\x19.fedtree.v1.LatePlacement\"\x10\n\x0eGetTreeRequest\"\xf8\x01\n\x0fGetTreeResponse\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\r\n\x05\x62uilt\x18\x02 \x01(\x08\x12\x13\n\x0b\x62uilt_round\x18\x03 \x01(\r\x12\x0f\n\x07linkage\x18\x04 \x01(\t\x12\x0e\n\x06leaves\x18\x05 \x03(\t\x12!\n\x06merges\x18\x06 \x03(\x0b\x32\x11.fedtree.v1.Merge\x12$\n\x06layers\x18\x07 \x03(\x0b\x32\x14.fedtree.v1.LayerCut\x12\x17\n\x0frebuild_pending\x18\x08 \x01(\x08\x12,\n\x0clate_joiners\x18\t \x03(\x0b\x32\x16.fedtree.v1.LateJoiner\"\xd7\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.fedtree.v1.WorkerState\x12\x10\n\x08\x61\x63tivity\x18\x04 \x01(\t\x12\x1b\n\x13last_heartbeat_unix\x18\x05 \x01(\x01\x12\x13\n\x0brounds_done\x18\x06 \x01(\r\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12=\n\x0clast_metrics\x18\t \x03(\x0b\x32\'.fedtree.v1.WorkerInfo.LastMetricsEntry\x12\x1a\n\x12num_train_examples\x18\n \x01(\x04\x1a\x32\n\x10LastMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x14\n\x12ListWorkersRequest\">\n\x13ListWorkersResponse\x12\'\n\x07workers\x18\x01 \x03(\x0b\x32\x16.fedtree.v1.WorkerInfo\"\x12\n\x10GetStatusRequest\"\x8b\x02\n\x11GetStatusResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12 \n\x05phase\x18\x03 \x01(\x0e\x32\x11.fedtree.v1.Phase\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x19\n\x11last_closed_round\x18\x05 \x01(\r\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x0e\n\x06quorum\x18\x07 \x01(\r\x12\x0e\n\x06pushes\x18\x08 \x01(\r\x12\x15\n\rdeadline_unix\x18\t \x01(\x01\x12\x0f\n\x07workers\x18\n \x01(\r\x12\x18\n\x0bremaining_s\x18\x0b \x01(\x01H\x00\x88\x01\x01\x42\x0e\n\x0c_remaining_s\"\xf7\x03\n\tRoundInfo\x12\r\n\x05round\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x14\n\x0cstarted_unix\x18\x03 \x01(\x01\x12\x13\n\x0b\x63losed_unix\x18\x04 \x01(\x01\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\x12\x0e\n\x06pushes\x18\x07 \x01(\r\x12<\n\x0cmean_metrics\x18\x08 \x03(\x0b\x32&.fedtree.v1.RoundInfo.MeanMetricsEntry\x12\x35\n\x08\x61\x63\x63uracy\x18\t \x03(\x0b\x32#.fedtree.v1.RoundInfo.AccuracyEntry\x12\x0e\n\x06metric\x18\n \x01(\t\x12\x45\n\x11metric_per_worker\x18\x0b \x03(\x0b\x32*.fedtree.v1.RoundInfo.MetricPerWorkerEntry\x1a\x32\n\x10MeanMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rAccuracyEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14MetricPerWorkerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x12\n\x10GetRoundsRequest\":\n\x11GetRoundsResponse\x12%\n\x06rounds\x18\x01 \x03(\x0b\x32\x15.fedtree.v1.RoundInfo\")\n\x14\x45xportAdapterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"U\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\"\'\n\x12\x45victWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x15\n\x13\x45victWorkerResponse\"\x0e\n\x0cPauseRequest\"\x0f\n\rPauseResponse\"\x0f\n\rResumeRequest\"\x10\n\x0eResumeResponse\"\x14\n\x12RebuildTreeRequest\"$\n\x13RebuildTreeResponse\x12\r\n\x05round\x18\x01 \x01(\r*\xf8\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13WORKER_STATE_JOINED\x10\x01\x12\x19\n\x15WORKER_STATE_TRAINING\x10\x02\x12\x15\n\x11WORKER_STATE_IDLE\x10\x03\x12\x15\n\x11WORKER_STATE_LOST\x10\x04\x12\x18\n\x14WORKER_STATE_EVICTED\x10\x05\x12\x18\n\x14WORKER_STATE_PULLING\x10\x06\x12\x1b\n\x17WORKER_STATE_EVALUATING\x10\x07\x12\x18\n\x14WORKER_STATE_PUSHING\x10\x08*\x8f\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_WAITING\x10\x01\x12\x10\n\x0cPHASE_WARMUP\x10\x02\x12\x12\n\x0ePHASE_TRAINING\x10\x03\x12\x14\n\x10PHASE_EVALUATING\x10\x04\x12\x0e\n\nPHASE_DONE\x10\x05\x12\x10\n\x0cPHASE_PAUSED\x10\x06\x32\x9a\x05\n\x05\x41\x64min\x12\x42\n\x07GetTree\x12\x1a.fedtree.v1.GetTreeRequest\x1a\x1b.fedtree.v1.GetTreeResponse\x12N\n\x0bListWorkers\x12\x1e.fedtree.v1.ListWorkersRequest\x1a\x1f.fedtree.v1.ListWorkersResponse\x12H\n\tGetStatus\x12\x1c.fedtree.v1.GetStatusRequest\x1a\x1d.fedtree.v1.GetStatusResponse\x12H\n\tGetRounds\x12\x1c.fedtree.v1.GetRoundsRequest\x1a\x1d.fedtree.v1.GetRoundsResponse\x12J\n\rExportAdapter\x12 .fedtree.v1.ExportAdapterRequest\x1a\x15.fedtree.v1.FileChunk0\x01\x12N\n\x0b\x45victWorker\x12\x1e.fedtree.v1.EvictWorkerRequest\x1a\x1f.fedtree.v1.EvictWorkerResponse\x12<\n\x05Pause\x12\x18.fedtree.v1.PauseRequest\x1a\x19.fedtree.v1.PauseResponse\x12?\n\x06Resume\x12\x19.fedtree.v1.ResumeRequest\x1a\x1a.fedtree.v1.ResumeResponse\x12N\n\x0bRebuildTree\x12\x1e.fedtree.v1.RebuildTreeRequest\x1a\x1f.fedtree.v1.RebuildTreeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,10 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDINFO_ACCURACYENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDINFO_METRICPERWORKERENTRY']._loaded_options = None
   _globals['_ROUNDINFO_METRICPERWORKERENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSTATE']._serialized_start=2510
-  _globals['_WORKERSTATE']._serialized_end=2677
-  _globals['_PHASE']._serialized_start=2680
-  _globals['_PHASE']._serialized_end=2823
+  _globals['_WORKERSTATE']._serialized_start=2552
+  _globals['_WORKERSTATE']._serialized_end=2800
+  _globals['_PHASE']._serialized_start=2803
+  _globals['_PHASE']._serialized_end=2946
   _globals['_MERGE']._serialized_start=44
   _globals['_MERGE']._serialized_end=112
   _globals['_CLUSTER']._serialized_start=114
@@ -72,39 +72,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=1353
   _globals['_GETSTATUSREQUEST']._serialized_end=1371
   _globals['_GETSTATUSRESPONSE']._serialized_start=1374
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1599
-  _globals['_ROUNDINFO']._serialized_start=1602
-  _globals['_ROUNDINFO']._serialized_end=2105
-  _globals['_ROUNDINFO_MEANMETRICSENTRY']._serialized_start=1950
-  _globals['_ROUNDINFO_MEANMETRICSENTRY']._serialized_end=2000
-  _globals['_ROUNDINFO_ACCURACYENTRY']._serialized_start=2002
-  _globals['_ROUNDINFO_ACCURACYENTRY']._serialized_end=2049
-  _globals['_ROUNDINFO_METRICPERWORKERENTRY']._serialized_start=2051
-  _globals['_ROUNDINFO_METRICPERWORKERENTRY']._serialized_end=2105
-  _globals['_GETROUNDSREQUEST']._serialized_start=2107
-  _globals['_GETROUNDSREQUEST']._serialized_end=2125
-  _globals['_GETROUNDSRESPONSE']._serialized_start=2127
-  _globals['_GETROUNDSRESPONSE']._serialized_end=2185
-  _globals['_EXPORTADAPTERREQUEST']._serialized_start=2187
-  _globals['_EXPORTADAPTERREQUEST']._serialized_end=2228
-  _globals['_FILECHUNK']._serialized_start=2230
-  _globals['_FILECHUNK']._serialized_end=2315
-  _globals['_EVICTWORKERREQUEST']._serialized_start=2317
-  _globals['_EVICTWORKERREQUEST']._serialized_end=2356
-  _globals['_EVICTWORKERRESPONSE']._serialized_start=2358
-  _globals['_EVICTWORKERRESPONSE']._serialized_end=2379
-  _globals['_PAUSEREQUEST']._serialized_start=2381
-  _globals['_PAUSEREQUEST']._serialized_end=2395
-  _globals['_PAUSERESPONSE']._serialized_start=2397
-  _globals['_PAUSERESPONSE']._serialized_end=2412
-  _globals['_RESUMEREQUEST']._serialized_start=2414
-  _globals['_RESUMEREQUEST']._serialized_end=2429
-  _globals['_RESUMERESPONSE']._serialized_start=2431
-  _globals['_RESUMERESPONSE']._serialized_end=2447
-  _globals['_REBUILDTREEREQUEST']._serialized_start=2449
-  _globals['_REBUILDTREEREQUEST']._serialized_end=2469
-  _globals['_REBUILDTREERESPONSE']._serialized_start=2471
-  _globals['_REBUILDTREERESPONSE']._serialized_end=2507
-  _globals['_ADMIN']._serialized_start=2826
-  _globals['_ADMIN']._serialized_end=3492
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1641
+  _globals['_ROUNDINFO']._serialized_start=1644
+  _globals['_ROUNDINFO']._serialized_end=2147
+  _globals['_ROUNDINFO_MEANMETRICSENTRY']._serialized_start=1992
+  _globals['_ROUNDINFO_MEANMETRICSENTRY']._serialized_end=2042
+  _globals['_ROUNDINFO_ACCURACYENTRY']._serialized_start=2044
+  _globals['_ROUNDINFO_ACCURACYENTRY']._serialized_end=2091
+  _globals['_ROUNDINFO_METRICPERWORKERENTRY']._serialized_start=2093
+  _globals['_ROUNDINFO_METRICPERWORKERENTRY']._serialized_end=2147
+  _globals['_GETROUNDSREQUEST']._serialized_start=2149
+  _globals['_GETROUNDSREQUEST']._serialized_end=2167
+  _globals['_GETROUNDSRESPONSE']._serialized_start=2169
+  _globals['_GETROUNDSRESPONSE']._serialized_end=2227
+  _globals['_EXPORTADAPTERREQUEST']._serialized_start=2229
+  _globals['_EXPORTADAPTERREQUEST']._serialized_end=2270
+  _globals['_FILECHUNK']._serialized_start=2272
+  _globals['_FILECHUNK']._serialized_end=2357
+  _globals['_EVICTWORKERREQUEST']._serialized_start=2359
+  _globals['_EVICTWORKERREQUEST']._serialized_end=2398
+  _globals['_EVICTWORKERRESPONSE']._serialized_start=2400
+  _globals['_EVICTWORKERRESPONSE']._serialized_end=2421
+  _globals['_PAUSEREQUEST']._serialized_start=2423
+  _globals['_PAUSEREQUEST']._serialized_end=2437
+  _globals['_PAUSERESPONSE']._serialized_start=2439
+  _globals['_PAUSERESPONSE']._serialized_end=2454
+  _globals['_RESUMEREQUEST']._serialized_start=2456
+  _globals['_RESUMEREQUEST']._serialized_end=2471
+  _globals['_RESUMERESPONSE']._serialized_start=2473
+  _globals['_RESUMERESPONSE']._serialized_end=2489
+  _globals['_REBUILDTREEREQUEST']._serialized_start=2491
+  _globals['_REBUILDTREEREQUEST']._serialized_end=2511
+  _globals['_REBUILDTREERESPONSE']._serialized_start=2513
+  _globals['_REBUILDTREERESPONSE']._serialized_end=2549
+  _globals['_ADMIN']._serialized_start=2949
+  _globals['_ADMIN']._serialized_end=3615
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,9 @@ class _WorkerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerSta
     WORKER_STATE_IDLE: _WorkerState.ValueType  # 3
     WORKER_STATE_LOST: _WorkerState.ValueType  # 4
     WORKER_STATE_EVICTED: _WorkerState.ValueType  # 5
+    WORKER_STATE_PULLING: _WorkerState.ValueType  # 6
+    WORKER_STATE_EVALUATING: _WorkerState.ValueType  # 7
+    WORKER_STATE_PUSHING: _WorkerState.ValueType  # 8
 
 class WorkerState(_WorkerState, metaclass=_WorkerStateEnumTypeWrapper): ...
 
@@ -42,6 +45,9 @@ WORKER_STATE_TRAINING: WorkerState.ValueType  # 2
 WORKER_STATE_IDLE: WorkerState.ValueType  # 3
 WORKER_STATE_LOST: WorkerState.ValueType  # 4
 WORKER_STATE_EVICTED: WorkerState.ValueType  # 5
+WORKER_STATE_PULLING: WorkerState.ValueType  # 6
+WORKER_STATE_EVALUATING: WorkerState.ValueType  # 7
+WORKER_STATE_PUSHING: WorkerState.ValueType  # 8
 Global___WorkerState: _TypeAlias = WorkerState  # noqa: Y015
 
 class _Phase:
@@ -462,6 +468,7 @@ class GetStatusResponse(_message.Message):
     PUSHES_FIELD_NUMBER: _builtins.int
     DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    REMAINING_S_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     strategy: _builtins.str
     phase: Global___Phase.ValueType
@@ -475,6 +482,10 @@ class GetStatusResponse(_message.Message):
     deadline_unix: _builtins.float
     """0 when no round is open"""
     workers: _builtins.int
+    remaining_s: _builtins.float
+    """Estimated seconds left in the open round, from how long each worker it still waits for took
+    to push in its last round; unset while there is no estimate (round 1, or nothing open).
+    """
     def __init__(
         self,
         *,
@@ -488,12 +499,15 @@ class GetStatusResponse(_message.Message):
         pushes: _builtins.int = ...,
         deadline_unix: _builtins.float = ...,
         workers: _builtins.int = ...,
+        remaining_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining_s", b"_remaining_s", "remaining_s", b"remaining_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_round", b"current_round", "deadline_unix", b"deadline_unix", "last_closed_round", b"last_closed_round", "phase", b"phase", "pushes", b"pushes", "quorum", b"quorum", "rounds", b"rounds", "run_id", b"run_id", "strategy", b"strategy", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining_s", b"_remaining_s", "current_round", b"current_round", "deadline_unix", b"deadline_unix", "last_closed_round", b"last_closed_round", "phase", b"phase", "pushes", b"pushes", "quorum", b"quorum", "remaining_s", b"remaining_s", "rounds", b"rounds", "run_id", b"run_id", "strategy", b"strategy", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__remaining_s: _TypeAlias = _typing.Literal["remaining_s"]  # noqa: Y015
+    _WhichOneofArgType__remaining_s: _TypeAlias = _typing.Literal["_remaining_s", b"_remaining_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_s) -> _WhichOneofReturnType__remaining_s | None: ...
 
 Global___GetStatusResponse: _TypeAlias = GetStatusResponse  # noqa: Y015
 

@@ -174,6 +174,7 @@ class TrainSpec(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
     NUM_BEAMS_FIELD_NUMBER: _builtins.int
     HEAD_MODE_FIELD_NUMBER: _builtins.int
+    GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _builtins.int
     local_epochs: _builtins.int
     local_steps: _builtins.int
     """when > 0, overrides local_epochs"""
@@ -190,6 +191,10 @@ class TrainSpec(_message.Message):
     num_beams: _builtins.int
     head_mode: _builtins.str
     """classifier head: "frozen", "local" or "cluster" (empty = from train_head)"""
+    gradient_accumulation_steps: _builtins.int
+    """micro-batches of batch_size summed into one optimiser step (effective batch = batch_size x
+    this); 0 = 1 (a coordinator from before the knob)
+    """
     def __init__(
         self,
         *,
@@ -204,10 +209,11 @@ class TrainSpec(_message.Message):
         max_new_tokens: _builtins.int = ...,
         num_beams: _builtins.int = ...,
         head_mode: _builtins.str = ...,
+        gradient_accumulation_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "head_mode", b"head_mode", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "local_steps", b"local_steps", "max_new_tokens", b"max_new_tokens", "max_seq_length", b"max_seq_length", "num_beams", b"num_beams", "task", b"task", "train_head", b"train_head", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "gradient_accumulation_steps", b"gradient_accumulation_steps", "head_mode", b"head_mode", "learning_rate", b"learning_rate", "local_epochs", b"local_epochs", "local_steps", b"local_steps", "max_new_tokens", b"max_new_tokens", "max_seq_length", b"max_seq_length", "num_beams", b"num_beams", "task", b"task", "train_head", b"train_head", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
