@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.chunking import DEFAULT_CHUNK_SIZE
+from common.digest import DEFAULT_DIGEST, DigestName
 from common.errors import ConfigError
 from common.retry import CALL_TIMEOUT_S, DEFAULT_LONG_POLL_S, RETRY_FOR_S, TRANSFER_TIMEOUT_S
 
@@ -158,6 +159,10 @@ class RunConfig(_Frozen):
         None,
         description="Send float32 adapter tensors as bf16/fp16 both ways (half the bytes) and restore float32 on "
         "arrival; None = exact float32. Sums stay float32.",
+    )
+    digest: DigestName = Field(
+        DEFAULT_DIGEST,
+        description="Digest that checks every transferred blob: blake3 (fast) or sha256 (lets protocol 1.0 workers join).",
     )
     robust: RobustConfig = Field(default_factory=RobustConfig)  # type: ignore[arg-type]
     generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[arg-type]

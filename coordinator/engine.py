@@ -30,7 +30,7 @@ from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from common.schema import HEAD_LAYER, Schema, UploadSpec, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
-from common.version import check_compatible
+from common.version import check_compatible, check_digest
 from coordinator.spill import discard_spill
 from coordinator.state import StateStore
 from coordinator.state_view import restore_strategy
@@ -154,6 +154,7 @@ class RoundEngine:
         if not req.schema:
             raise InvalidArgument("join carries no adapter schema")
         check_compatible(req.worker_id, req.version)
+        check_digest(req.worker_id, req.version, self.run.digest)
         with self._cond:
             if req.worker_id in self.workers and self.workers[req.worker_id].activity == "evicted":
                 raise PermissionDenied(f"worker {req.worker_id} was evicted by an operator")

@@ -71,7 +71,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.engine = engine
         self.require_identity = require_identity
         self.max_blob_bytes = max_blob_bytes
-        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype)
+        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype, digest=engine.run.digest)
 
     def _identity(self, context: grpc.ServicerContext, worker_id: str) -> None:
         if self.require_identity:
@@ -118,7 +118,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 for _ in request_iterator:
                     pass
                 return serde.push_result_to_proto(admitted)
-            receiver = UpdateReceiver(admitted.header, admitted.expected, self.max_blob_bytes, self.engine.run.wire_dtype)
+            receiver = UpdateReceiver(
+                admitted.header, admitted.expected, self.max_blob_bytes, self.engine.run.wire_dtype, self.engine.run.digest
+            )
             for part in request_iterator:
                 if part.chunk is None:
                     raise InvalidArgument(part.problem or "only chunks may follow the push header")

@@ -7,8 +7,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from common import blobs, codec, wire
-from common.chunking import Assembler, BlobKey, ChunkData, Role, split
+from common import blobs, codec, framing
+from common.chunking import Assembler, BlobKey, ChunkData, Role
+from common.digest import DEFAULT_DIGEST, DigestName
 from common.errors import InvalidArgument
 from common.schema import HEAD_LAYER, Schema
 from common.types import PushHeader
@@ -34,9 +35,10 @@ class BlobCache:
     older one; `max_entries` bounds the rest.
     """
 
-    def __init__(self, max_entries: int = 4096, wire_dtype: str | None = None) -> None:
+    def __init__(self, max_entries: int = 4096, wire_dtype: str | None = None, digest: DigestName = DEFAULT_DIGEST) -> None:
         self._max = max_entries
         self._wire_dtype = wire_dtype
+        self._digest: DigestName = digest
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[int, int, int, int, str, int], EncodedDownload] = OrderedDict()
         self._version = -1
@@ -50,9 +52,9 @@ class BlobCache:
                 return cached
         tensors, wire_meta = codec.to_wire(item.tensors, self._wire_dtype)
         meta = {"round": str(round), "layer": str(item.layer), "role": item.role.name.lower(), **wire_meta}
-        blob = codec.encode(tensors, meta)
-        chunks = split(blob, BlobKey(round, item.layer, item.role), chunk_size)
-        entry = EncodedDownload(tuple(wire.encode_chunk(c) for c in chunks), len(blob))
+        layout = codec.layout(tensors, meta)
+        key_ = BlobKey(round, item.layer, item.role)
+        entry = EncodedDownload(tuple(framing.frames(layout, key_, chunk_size, self._digest, push=False)), layout.size)
         with self._lock:
             if version > self._version:
                 self._version = version
@@ -85,13 +87,20 @@ class UpdateReceiver:
     `expected`) is checked there by `validate_head`, its width by the engine when it commits.
     """
 
-    def __init__(self, header: PushHeader, expected: Schema, max_blob_bytes: int, wire_dtype: str | None = None) -> None:
+    def __init__(
+        self,
+        header: PushHeader,
+        expected: Schema,
+        max_blob_bytes: int,
+        wire_dtype: str | None = None,
+        digest: DigestName = DEFAULT_DIGEST,
+    ) -> None:
         self.header = header
         self.expected = expected
         self.wire_dtype = wire_dtype
         self.update: LayerTensors = {}
         self.nbytes = 0
-        self._assembler = Assembler(max_blob_bytes)
+        self._assembler = Assembler(max_blob_bytes, digest)
 
     def feed(self, chunk: ChunkData) -> None:
         done = self._assembler.feed(chunk)
@@ -99,7 +108,7 @@ class UpdateReceiver:
         if done is not None:
             self._accept(*done)
 
-    def _accept(self, key: BlobKey, blob: bytes) -> None:
+    def _accept(self, key: BlobKey, blob: memoryview) -> None:
         head = key.layer == HEAD_LAYER
         where = f"push of worker {self.header.worker_id} round {self.header.round} {'head' if head else f'layer {key.layer}'}"
         if key.round != self.header.round:

@@ -7,9 +7,10 @@ from typing import TypeVar
 
 import torch
 
-from common import blobs, codec, serde, wire
-from common.chunking import BlobKey, Role, assemble_all, split
+from common import blobs, codec, framing, serde, wire
+from common.chunking import BlobKey, Role, assemble_all
 from common.config import ClientTlsConfig, RunConfig
+from common.digest import DEFAULT_DIGEST, DigestName
 from common.grpc_options import CHANNEL_OPTIONS
 from common.retry import (
     CALL_TIMEOUT_S,
@@ -55,6 +56,7 @@ class FederationClient:
         self.channel = secure_channel(target, tls, insecure, CHANNEL_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.wire_dtype: str | None = None  # the run's, learnt in get_run()
+        self.digest: DigestName = DEFAULT_DIGEST  # the run's blob digest, learnt in get_run()
         # The two bulk calls read and write chunk bytes by hand (common/wire.py): same wire format, fewer copies.
         self._pull_raw = self.channel.unary_stream(
             "/fedtree.v1.Federation/PullAdapters", request_serializer=pb.PullAdaptersRequest.SerializeToString
@@ -78,7 +80,7 @@ class FederationClient:
             ),
         )
         run_id, run = serde.run_from_proto(resp.run)
-        self.wire_dtype = run.wire_dtype
+        self.wire_dtype, self.digest = run.wire_dtype, run.digest
         return run_id, run
 
     def join(self, req: JoinRequest) -> int:
@@ -105,7 +107,7 @@ class FederationClient:
             stream = self._pull_raw(serde.pull_request(self.worker_id, round), timeout=self.transfer_timeout_s, metadata=self.md)
             out: Pulled = {}
             chunks = (wire.decode_chunk(c) for c in stream)
-            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):
+            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES, self.digest):
                 tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
                 out.setdefault(key.layer, {})[key.role] = tensors
             return out
@@ -119,9 +121,9 @@ class FederationClient:
             yield serde.push_header_to_proto(header).SerializeToString()
             for layer, tensors in sorted(update.items()):
                 sent, wire_meta = codec.to_wire(tensors, self.wire_dtype)
-                blob = codec.encode(sent, {"round": str(header.round), "layer": str(layer), "role": "update", **wire_meta})
-                for chunk in split(blob, BlobKey(header.round, layer, Role.UPDATE), chunk_size):
-                    yield wire.encode_push_chunk(chunk)
+                layout = codec.layout(sent, {"round": str(header.round), "layer": str(layer), "role": "update", **wire_meta})
+                key = BlobKey(header.round, layer, Role.UPDATE)
+                yield from framing.frames(layout, key, chunk_size, self.digest, push=True)
 
         resp = self._call("PushUpdate", lambda: self._push_raw(requests(), timeout=self.transfer_timeout_s, metadata=self.md))
         return serde.push_result_from_proto(resp)
