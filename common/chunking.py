@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.buffers import BufferPool
 from common.digest import DEFAULT_DIGEST, DIGEST_SIZE, DigestName, Hasher, hasher
 from common.digest import digest as digest_of
 from common.errors import InvalidArgument
@@ -72,13 +73,15 @@ class Assembler:
     Chunks of one blob must arrive contiguously with index 0..total-1; every chunk must repeat
     the first one's tags. Each chunk is copied into the blob's buffer and fed to its running
     digest (`algorithm`) as it arrives; a completed blob is checked against its size and digest.
-    The buffer is allocated when the blob's first chunk arrives but only touched as bytes land,
-    so an announced size (at most `max_blob_bytes`) costs memory only once it is sent.
+    The buffer is taken when the blob's first chunk arrives (from `pool`, when given: memory an
+    earlier blob used, common/buffers.py) but only written as bytes land, so an announced size (at
+    most `max_blob_bytes`) costs fresh memory only once it is sent.
     """
 
-    def __init__(self, max_blob_bytes: int, algorithm: DigestName = DEFAULT_DIGEST) -> None:
+    def __init__(self, max_blob_bytes: int, algorithm: DigestName = DEFAULT_DIGEST, pool: BufferPool | None = None) -> None:
         self._max_blob_bytes = max_blob_bytes
         self.algorithm: DigestName = algorithm
+        self._pool = pool
         self._first: ChunkData | None = None
         self._count = 0
         self._received = 0
@@ -149,16 +152,18 @@ class Assembler:
                 f"{_describe(chunk.key)}: the {self.algorithm} digest must be {DIGEST_SIZE} bytes, got {len(chunk.digest)}"
             )
         self._first = chunk
-        # np.empty: allocated, not written (pages are only touched as chunks land)
-        self._buffer = np.empty(chunk.blob_size, dtype=np.uint8).data
+        if self._pool is not None:
+            self._buffer = self._pool.take(chunk.blob_size)
+        else:  # allocated, not written: pages are only touched as chunks land
+            self._buffer = np.empty(chunk.blob_size, dtype=np.uint8).data
         self._hasher = hasher(self.algorithm)
 
 
 def assemble_all(
-    chunks: Iterable[ChunkData], max_blob_bytes: int, algorithm: DigestName = DEFAULT_DIGEST
+    chunks: Iterable[ChunkData], max_blob_bytes: int, algorithm: DigestName = DEFAULT_DIGEST, pool: BufferPool | None = None
 ) -> Iterator[tuple[BlobKey, memoryview]]:
     """Reassemble every blob of a finite chunk stream."""
-    assembler = Assembler(max_blob_bytes, algorithm)
+    assembler = Assembler(max_blob_bytes, algorithm, pool)
     for chunk in chunks:
         done = assembler.feed(chunk)
         if done is not None:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from common import serde, wire
+from common.buffers import BufferPool
 from common.errors import FedtreeError, InvalidArgument, PermissionDenied, status_code
 from common.types import PushResult
 from coordinator.engine import RoundEngine
@@ -22,6 +23,7 @@ from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+RECEIVE_POOL_BYTES = 512 << 20
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
@@ -72,6 +74,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.require_identity = require_identity
         self.max_blob_bytes = max_blob_bytes
         self.cache = BlobCache(wire_dtype=engine.run.wire_dtype, digest=engine.run.digest)
+        self.buffers = BufferPool(RECEIVE_POOL_BYTES)  # pushes reassemble into the memory of committed ones
 
     def _identity(self, context: grpc.ServicerContext, worker_id: str) -> None:
         if self.require_identity:
@@ -119,7 +122,12 @@ class FederationServicer(pb_grpc.FederationServicer):
                     pass
                 return serde.push_result_to_proto(admitted)
             receiver = UpdateReceiver(
-                admitted.header, admitted.expected, self.max_blob_bytes, self.engine.run.wire_dtype, self.engine.run.digest
+                admitted.header,
+                admitted.expected,
+                self.max_blob_bytes,
+                self.engine.run.wire_dtype,
+                self.engine.run.digest,
+                self.buffers,
             )
             for part in request_iterator:
                 if part.chunk is None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from common import blobs, codec, framing
+from common.buffers import BufferPool
 from common.chunking import Assembler, BlobKey, ChunkData, Role
 from common.digest import DEFAULT_DIGEST, DigestName
 from common.errors import InvalidArgument
@@ -94,13 +95,14 @@ class UpdateReceiver:
         max_blob_bytes: int,
         wire_dtype: str | None = None,
         digest: DigestName = DEFAULT_DIGEST,
+        pool: BufferPool | None = None,
     ) -> None:
         self.header = header
         self.expected = expected
         self.wire_dtype = wire_dtype
         self.update: LayerTensors = {}
         self.nbytes = 0
-        self._assembler = Assembler(max_blob_bytes, digest)
+        self._assembler = Assembler(max_blob_bytes, digest, pool)
 
     def feed(self, chunk: ChunkData) -> None:
         done = self._assembler.feed(chunk)

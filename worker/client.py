@@ -8,6 +8,7 @@ from typing import TypeVar
 import torch
 
 from common import blobs, codec, framing, serde, wire
+from common.buffers import BufferPool
 from common.chunking import BlobKey, Role, assemble_all
 from common.config import ClientTlsConfig, RunConfig
 from common.digest import DEFAULT_DIGEST, DigestName
@@ -57,6 +58,7 @@ class FederationClient:
         self.stub = pb_grpc.FederationStub(self.channel)
         self.wire_dtype: str | None = None  # the run's, learnt in get_run()
         self.digest: DigestName = DEFAULT_DIGEST  # the run's blob digest, learnt in get_run()
+        self.buffers = BufferPool()  # pulls reassemble into the memory of earlier pulls once those are dropped
         # The two bulk calls read and write chunk bytes by hand (common/wire.py): same wire format, fewer copies.
         self._pull_raw = self.channel.unary_stream(
             "/fedtree.v1.Federation/PullAdapters", request_serializer=pb.PullAdaptersRequest.SerializeToString
@@ -107,7 +109,7 @@ class FederationClient:
             stream = self._pull_raw(serde.pull_request(self.worker_id, round), timeout=self.transfer_timeout_s, metadata=self.md)
             out: Pulled = {}
             chunks = (wire.decode_chunk(c) for c in stream)
-            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES, self.digest):
+            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES, self.digest, self.buffers):
                 tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
                 out.setdefault(key.layer, {})[key.role] = tensors
             return out
