@@ -11,6 +11,7 @@ such a blob; its names are not known in advance, so it is not part of a `Schema`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +98,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
         low, high = torch.aminmax(tensor)
     except (RuntimeError, NotImplementedError):  # a dtype without aminmax (float8): the plain check
         return bool(torch.isfinite(tensor).all())
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def validate_layer(tensors: dict[str, torch.Tensor], expected: dict[str, TensorSpec], where: str) -> None:

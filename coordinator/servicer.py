@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -14,6 +15,7 @@ import grpc
 from common import serde, wire
 from common.buffers import BufferPool
 from common.errors import FedtreeError, InvalidArgument, PermissionDenied, status_code
+from common.prefetch import ahead
 from common.types import PushResult
 from coordinator.engine import RoundEngine
 from coordinator.metrics import PUSH_LATENCY
@@ -24,6 +26,8 @@ from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 RECEIVE_POOL_BYTES = 512 << 20
+# push messages received ahead of reassembly: validating a layer does not stall the next one's arrival
+PUSH_READ_AHEAD = 8
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
@@ -129,10 +133,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 self.engine.run.digest,
                 self.buffers,
             )
-            for part in request_iterator:
-                if part.chunk is None:
-                    raise InvalidArgument(part.problem or "only chunks may follow the push header")
-                receiver.feed(part.chunk)
+            with contextlib.closing(ahead(request_iterator, PUSH_READ_AHEAD, name="push-read-ahead")) as parts:
+                for part in parts:
+                    if part.chunk is None:
+                        raise InvalidArgument(part.problem or "only chunks may follow the push header")
+                    receiver.feed(part.chunk)
             update = receiver.finish()
             return serde.push_result_to_proto(self.engine.commit(admitted, update, receiver.nbytes))
         finally:

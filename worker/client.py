@@ -13,6 +13,7 @@ from common.chunking import BlobKey, Role, assemble_all
 from common.config import ClientTlsConfig, RunConfig
 from common.digest import DEFAULT_DIGEST, DigestName
 from common.grpc_options import CHANNEL_OPTIONS
+from common.prefetch import ahead
 from common.retry import (
     CALL_TIMEOUT_S,
     DEFAULT_LONG_POLL_S,
@@ -29,6 +30,9 @@ from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 PULL_MAX_BLOB_BYTES = 1 << 30
+# messages received ahead of reassembly (pull) and framed ahead of gRPC's send (push): the chunk window
+PULL_READ_AHEAD = 8
+PUSH_FRAME_AHEAD = 4
 
 Tensors = dict[str, torch.Tensor]
 Pulled = dict[int, dict[Role, Tensors]]
@@ -108,10 +112,16 @@ class FederationClient:
         def fetch() -> Pulled:
             stream = self._pull_raw(serde.pull_request(self.worker_id, round), timeout=self.transfer_timeout_s, metadata=self.md)
             out: Pulled = {}
-            chunks = (wire.decode_chunk(c) for c in stream)
-            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES, self.digest, self.buffers):
-                tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
-                out.setdefault(key.layer, {})[key.role] = tensors
+            # a thread keeps receiving while this one copies, hashes and decodes the last chunk
+            messages = ahead(stream, PULL_READ_AHEAD, name="pull-read-ahead")
+            try:
+                chunks = (wire.decode_chunk(c) for c in messages)
+                for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES, self.digest, self.buffers):
+                    tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
+                    out.setdefault(key.layer, {})[key.role] = tensors
+            finally:
+                messages.close()
+                stream.cancel()  # a no-op once the stream has ended; else it stops the coordinator's send
             return out
 
         return self._call("PullAdapters", fetch)
@@ -121,6 +131,10 @@ class FederationClient:
 
         def requests() -> Iterator[bytes]:
             yield serde.push_header_to_proto(header).SerializeToString()
+            # gRPC sends one message at a time and waits for it to go out: frame the next ones meanwhile
+            yield from ahead(frames(), PUSH_FRAME_AHEAD, name="push-frame-ahead")
+
+        def frames() -> Iterator[bytes]:
             for layer, tensors in sorted(update.items()):
                 sent, wire_meta = codec.to_wire(tensors, self.wire_dtype)
                 layout = codec.layout(sent, {"round": str(header.round), "layer": str(layer), "role": "update", **wire_meta})
