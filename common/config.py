@@ -239,6 +239,12 @@ class CoordinatorConfig(_Frozen):
     max_concurrent_pushes: int = Field(
         16, ge=1, description="Pushes received at once (each is held whole until valid); more wait for a slot."
     )
+    download_cache_bytes: int = Field(
+        512 << 20,
+        ge=0,
+        description="Serialised download messages kept per round (hashed and framed once for every worker); a larger "
+        "adapter's remaining layers are framed again for each pull from its tensors (no second copy held).",
+    )
     max_concurrent_pulls: int = Field(
         16, ge=1, description="Pulls streamed at once (gRPC queues a stream's chunks ahead of the reader); more wait."
     )

@@ -57,7 +57,12 @@ class Coordinator:
             ],
         )
         add_federation_servicer(  # the generated registration, with faster bulk transfers (coordinator/servicer.py)
-            FederationServicer(self.engine, config.max_blob_bytes, require_identity=bool(config.tls and config.tls.client_ca)),
+            FederationServicer(
+                self.engine,
+                config.max_blob_bytes,
+                require_identity=bool(config.tls and config.tls.client_ca),
+                download_cache_bytes=config.download_cache_bytes,
+            ),
             self.server,
         )
         self.admin = AdminView(self.engine)

@@ -19,7 +19,7 @@ from common.prefetch import ahead
 from common.types import PushResult
 from coordinator.engine import RoundEngine
 from coordinator.metrics import PUSH_LATENCY
-from coordinator.transfer import BlobCache, UpdateReceiver, download_messages
+from coordinator.transfer import DEFAULT_CACHE_BYTES, BlobCache, UpdateReceiver, download_messages
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
@@ -73,11 +73,17 @@ def check_identity(context: grpc.ServicerContext, worker_id: str) -> None:
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, engine: RoundEngine, max_blob_bytes: int, require_identity: bool = False) -> None:
+    def __init__(
+        self,
+        engine: RoundEngine,
+        max_blob_bytes: int,
+        require_identity: bool = False,
+        download_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.engine = engine
         self.require_identity = require_identity
         self.max_blob_bytes = max_blob_bytes
-        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype, digest=engine.run.digest)
+        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype, digest=engine.run.digest, max_bytes=download_cache_bytes)
         self.buffers = BufferPool(RECEIVE_POOL_BYTES)  # pushes reassemble into the memory of committed ones
 
     def _identity(self, context: grpc.ServicerContext, worker_id: str) -> None:
@@ -108,7 +114,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         version, items = self.engine.downloads(request.worker_id, request.round)
         sent = 0
         for encoded in download_messages(self.cache, version, request.round, items, self.engine.run.chunk_size):
-            yield from encoded.messages  # serialised Chunks, cached across workers (see add_federation_servicer)
+            yield from encoded.messages()  # serialised Chunks, cached across workers (see add_federation_servicer)
             sent += encoded.nbytes
         self.engine.add_bytes_sent(request.worker_id, sent)
 
