@@ -18,8 +18,16 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
+import torch
 
-DEFAULT_POOL_BYTES = 256 << 20
+DEFAULT_POOL_BYTES = 512 << 20
+
+
+def empty_buffer(size: int) -> np.ndarray:
+    """An uninitialised byte array (pages are faulted in as it is written). Allocated by torch,
+    not numpy: numpy asks for transparent huge pages on arrays of 4 MiB and more, and the
+    first write into those took twice as long here (the kernel compacts memory to find them)."""
+    return torch.empty(size, dtype=torch.uint8).numpy()
 
 
 def _refs(arrays: dict[int, np.ndarray], key: int) -> int:
@@ -52,7 +60,7 @@ class BufferPool:
                     self._arrays.move_to_end(key)
                     self.reused += 1
                     return self._arrays[key].data[:size]
-            array = np.empty(size, dtype=np.uint8)  # allocated, not touched: pages are faulted in as bytes land
+            array = empty_buffer(size)
             if size <= self.max_bytes:
                 while self._arrays and self._bytes + size > self.max_bytes:
                     _, old = self._arrays.popitem(last=False)  # forgotten: freed when its views are

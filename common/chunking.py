@@ -11,9 +11,7 @@ import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
-from common.buffers import BufferPool
+from common.buffers import BufferPool, empty_buffer
 from common.digest import DEFAULT_DIGEST, DIGEST_SIZE, DigestName, Hasher, hasher
 from common.digest import digest as digest_of
 from common.errors import InvalidArgument
@@ -155,7 +153,7 @@ class Assembler:
         if self._pool is not None:
             self._buffer = self._pool.take(chunk.blob_size)
         else:  # allocated, not written: pages are only touched as chunks land
-            self._buffer = np.empty(chunk.blob_size, dtype=np.uint8).data
+            self._buffer = empty_buffer(chunk.blob_size).data
         self._hasher = hasher(self.algorithm)
 
 
