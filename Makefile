@@ -80,7 +80,7 @@ bench-round-overhead: install
 bench-worker-step: install
 	$(PYTHON) bench/worker_step.py $(if $(QUICK),--quick)
 
-# fedtree vs a raw grpcio stream vs Flower 1.39 (own virtualenv, created on demand), 8/64/256 MiB x fp32/bf16
+# fedtree vs a raw grpcio stream vs Flower 1.39 (own virtualenv, created on demand), 8/64/256/1024 MiB x fp32/bf16, peak RSS (~13 min; the 1 GiB rows need ~16 GiB free)
 bench-transfer: install
 	$(PYTHON) bench/transfer.py $(if $(QUICK),--quick)
 

@@ -4,8 +4,9 @@ A real coordinator process (`python -m coordinator`, FedIT, loopback, insecure) 
 processes that use the real worker client (FederationClient) without a model: round 1 pushes a
 LoRA-shaped adapter of the requested size (the download of round 1 is empty: FedIT has no global
 adapter yet); every later round is timed: pull the full global adapter (= the payload), then push
-it straight back. The push includes the coordinator's reassembly, sha256 check, safetensors
-decode, validation and folding into the round's weighted sum -- everything but training.
+it straight back. The push includes the coordinator's reassembly, digest check, safetensors
+decode, validation and folding into the round's weighted sum -- everything but training. Each
+worker reports its peak RSS; the caller reads the coordinator's (`peak_rss`).
 """
 
 from __future__ import annotations
@@ -69,8 +70,28 @@ def start_coordinator(tmp: Path, rounds: int, run_extra: dict[str, Any] | None =
     return start(tmp, cfg)
 
 
+def peak_rss(pid: int | str = "self") -> int:
+    """Peak resident set size (VmHWM) of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def rss(pid: int | str = "self") -> int:
+    """Resident set size (VmRSS) of a process now, in bytes."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def worker(target: str, coordinator_pid: int, worker_id: str, payload: Payload, results: Any) -> None:
-    """Process entry point: join, push the payload in round 1, then echo every round's download."""
+    """Process entry point: join, push the payload in round 1, then echo every round's download.
+    It keeps only what a worker must (its adapter, the adapter it pulled) and the last round's
+    echo, so its peak RSS is about 2x the payload plus the interpreter."""
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     from transfer_raw import proc_cpu
@@ -98,11 +119,13 @@ def worker(target: str, coordinator_pid: int, worker_id: str, payload: Payload, 
         end, cpu = time.perf_counter(), time.process_time() - cpu
         if task.round > 1:
             results.put((task.round - 2, start, end, True, cpu, coord_cpu, proc_cpu(coordinator_pid)))
-            last = update
+            if task.round == run.rounds:
+                last = update
+        del pulled, update
     client.close()
     ok = sorted(last) == sorted(adapter) and all(
         torch.allclose(last[layer][n].float(), t.float(), rtol=1e-2, atol=1e-6)
         for layer, named in adapter.items()
         for n, t in named.items()
     )
-    results.put((-1, 0.0, 0.0, ok, 0.0, 0.0, 0.0))
+    results.put((-1, float(peak_rss()), 0.0, ok, 0.0, 0.0, 0.0))

@@ -34,7 +34,7 @@ def as_sent(expected: LayerSpecs, wire_dtype: str | None) -> dict[str, TensorSpe
 
 
 def decode_blob(
-    blob: bytes,
+    blob: codec.BlobBytes,
     where: str,
     *,
     expected: LayerSpecs | None = None,
@@ -42,6 +42,9 @@ def decode_blob(
     wire_dtype: str | None = None,
 ) -> Tensors:
     """Decode safetensors bytes, check them as they travelled, restore float32 from the wire dtype.
+
+    The tensors handed back are views of `blob` when it is a writable buffer (a reassembled
+    blob, see chunking.Assembler) and nothing had to be restored: no copy.
 
     `expected`: the layer's tensors (names, shapes, dtypes as the sender holds them); checked in
     the run's `wire_dtype` by `validate_layer` (finite, nothing missing or extra), and the blob

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.chunking import DEFAULT_CHUNK_SIZE
+from common.digest import DEFAULT_DIGEST, DigestName
 from common.errors import ConfigError
 from common.retry import CALL_TIMEOUT_S, DEFAULT_LONG_POLL_S, RETRY_FOR_S, TRANSFER_TIMEOUT_S
 
@@ -185,6 +186,10 @@ class RunConfig(_Frozen):
         description="Send float32 adapter tensors as bf16/fp16 both ways (half the bytes) and restore float32 on "
         "arrival; None = exact float32. Sums stay float32.",
     )
+    digest: DigestName = Field(
+        DEFAULT_DIGEST,
+        description="Digest that checks every transferred blob: blake3 (fast) or sha256 (lets protocol 1.0 workers join).",
+    )
     robust: RobustConfig = Field(default_factory=RobustConfig)  # type: ignore[arg-type]
     generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[arg-type]
 
@@ -259,6 +264,12 @@ class CoordinatorConfig(_Frozen):
     )
     max_concurrent_pushes: int = Field(
         16, ge=1, description="Pushes received at once (each is held whole until valid); more wait for a slot."
+    )
+    download_cache_bytes: int = Field(
+        512 << 20,
+        ge=0,
+        description="Serialised download messages kept per round (hashed and framed once for every worker); a larger "
+        "adapter's remaining layers are framed again for each pull from its tensors (no second copy held).",
     )
     max_concurrent_pulls: int = Field(
         16, ge=1, description="Pulls streamed at once (gRPC queues a stream's chunks ahead of the reader); more wait."

@@ -23,7 +23,7 @@ def chunk_to_proto(chunk: ChunkData) -> pb.Chunk:
         role=int(chunk.key.role),  # type: ignore[arg-type]
         index=chunk.index,
         total=chunk.total,
-        sha256=chunk.digest,
+        digest=chunk.digest,
         blob_size=chunk.blob_size,
         data=bytes(chunk.data),
     )
@@ -72,6 +72,7 @@ def run_to_proto(run_id: str, run: RunConfig) -> pb.RunSpec:
         dp_clip_norm=run.privacy.clip_norm or 0.0,
         dp_noise_multiplier=run.privacy.noise_multiplier,
         wire_dtype=run.wire_dtype or "",
+        digest=run.digest,
     )
 
 
@@ -118,6 +119,7 @@ def run_from_proto(msg: pb.RunSpec) -> tuple[str, RunConfig]:
         fedtree=fedtree,
         privacy=PrivacyConfig(clip_norm=msg.dp_clip_norm or None, noise_multiplier=msg.dp_noise_multiplier),
         wire_dtype=msg.wire_dtype or None,  # type: ignore[arg-type]  # pydantic validates the literal
+        digest=msg.digest or "sha256",  # type: ignore[arg-type]  # empty: a coordinator from before protocol 1.1
     )
     return msg.run_id, run
 

@@ -56,17 +56,25 @@ def _chunk_head(key: BlobKey, index: int, total: int, digest: bytes, blob_size: 
     return b"".join(parts)
 
 
+def chunk_prefix(key: BlobKey, index: int, total: int, digest: bytes, blob_size: int, data_len: int, push: bool) -> bytes:
+    """The bytes of a serialised Chunk (`push`: of a PushUpdateRequest{chunk}) that come before
+    its payload, whose `data_len` bytes follow them directly."""
+    head = _chunk_head(key, index, total, digest, blob_size, data_len)
+    if not push:
+        return head
+    return b"".join((_tag(2, _LEN), _varint(len(head) + data_len), head))
+
+
 def encode_chunk(chunk: ChunkData) -> bytes:
     """The serialised Chunk (a PullAdapters response): one copy of the payload."""
-    head = _chunk_head(chunk.key, chunk.index, chunk.total, chunk.digest, chunk.blob_size, len(chunk.data))
-    return b"".join((head, chunk.data))
+    prefix = chunk_prefix(chunk.key, chunk.index, chunk.total, chunk.digest, chunk.blob_size, len(chunk.data), push=False)
+    return b"".join((prefix, chunk.data))
 
 
 def encode_push_chunk(chunk: ChunkData) -> bytes:
     """The serialised PushUpdateRequest{chunk: ...}: one copy of the payload."""
-    head = _chunk_head(chunk.key, chunk.index, chunk.total, chunk.digest, chunk.blob_size, len(chunk.data))
-    size = len(head) + len(chunk.data)
-    return b"".join((_tag(2, _LEN), _varint(size), head, chunk.data))
+    prefix = chunk_prefix(chunk.key, chunk.index, chunk.total, chunk.digest, chunk.blob_size, len(chunk.data), push=True)
+    return b"".join((prefix, chunk.data))
 
 
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -137,7 +145,7 @@ def decode_chunk(data: bytes | memoryview) -> ChunkData:
         role = Role(msg.role)
     except ValueError:
         raise InvalidArgument(f"unknown role value {msg.role}") from None
-    return ChunkData(BlobKey(msg.round, msg.layer, role), msg.index, msg.total, msg.sha256, msg.blob_size, msg.data)
+    return ChunkData(BlobKey(msg.round, msg.layer, role), msg.index, msg.total, msg.digest, msg.blob_size, msg.data)
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,14 @@ class WeightedSum:
 
     def means(self) -> dict[int, Tensors]:
         return {layer: self.mean(layer) for layer in self.layers()}
+
+    def take_means(self) -> dict[int, Tensors]:
+        """`means()`, computed in the sums' own memory, which they then are: the sums are gone
+        (empty afterwards). No second adapter-sized allocation at the close of a round (a
+        float32 mean is the sum tensor itself; another dtype costs the cast only)."""
+        out: dict[int, Tensors] = {}
+        for layer in self.layers():
+            weight = self.weights[layer]
+            out[layer] = {name: s.div_(weight).to(self.dtypes[name]) for name, s in self.sums[layer].items()}
+        self.sums, self.weights = {}, {}
+        return out

@@ -3,7 +3,9 @@
 Pure logic over a StateStore and a Strategy, thread-safe behind one condition variable; the
 gRPC servicer only decodes, calls this and encodes. A round opens when `min_workers` have joined
 (participants = every worker joined and not lost at that moment), closes when `quorum` of them
-have pushed (default all) or its deadline passes, and is checkpointed before the next opens.
+have pushed (default all) or its deadline passes, and is checkpointed before the next opens
+(coordinator/checkpointer.py: with `background_checkpoints`, after the closing push is
+acknowledged, but still before the next round opens).
 After the last round, every participant gets one EVALUATE task, then DONE.
 
 A push is admitted once (`begin_push`: the duplicate ack, or a `PushTicket` carrying what it
@@ -30,7 +32,8 @@ from common.config import CoordinatorConfig, RunConfig
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from common.schema import HEAD_LAYER, Schema, select, validate_head
 from common.types import JoinRequest, PushHeader, PushResult, Task, TaskKind
-from common.version import check_compatible
+from common.version import check_compatible, check_digest
+from coordinator.checkpointer import Checkpoint, Checkpointer
 from coordinator.engine_types import REPORTED_ACTIVITIES, EngineSnapshot, PushTicket, RoundInfo, WorkerInfo
 from coordinator.spill import discard_spill
 from coordinator.state import StateStore
@@ -42,12 +45,20 @@ log = logging.getLogger(__name__)
 
 
 class RoundEngine:
-    def __init__(self, config: CoordinatorConfig, store: StateStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: StateStore,
+        clock: Callable[[], float] = time.time,
+        background_checkpoints: bool = False,
+    ) -> None:
         self.config = config
         self.run: RunConfig = config.run
         self.store = store
         self.clock = clock
         self._cond = threading.Condition()
+        # inline (the default: what a test reads after a push is on disk) or after the ack (the server)
+        self.checkpointer = Checkpointer(store, background=background_checkpoints, on_durable=self._checkpointed)
         self.workers: dict[str, WorkerInfo] = {}
         self.current: RoundInfo | None = None
         self.done = False
@@ -107,6 +118,7 @@ class RoundEngine:
         if not req.schema:
             raise InvalidArgument("join carries no adapter schema")
         check_compatible(req.worker_id, req.version)
+        check_digest(req.worker_id, req.version, self.run.digest)
         with self._cond:
             if req.worker_id in self.workers and self.workers[req.worker_id].activity == "evicted":
                 raise PermissionDenied(f"worker {req.worker_id} was evicted by an operator")
@@ -210,6 +222,8 @@ class RoundEngine:
             raise RuntimeError("RoundEngine.resume() was not called: only a serving engine opens rounds")
         if self.strategy is None or self.paused:
             return
+        if self.checkpointer.pending is not None:  # the last closed round is not on disk yet (_checkpointed)
+            return
         live = {w: i.num_train_examples for w, i in self.workers.items() if i.activity not in ("lost", "evicted")}
         if len(live) < self.run.min_workers:
             self._log_waiting(len(live))
@@ -270,22 +284,23 @@ class RoundEngine:
         else:
             self.strategy.close_round(cur.round)
             self.strategy.close_heads(cur.round)
-            path = self.store.close_round(
-                cur.round,
-                cur.started_at,
-                sorted(cur.pushed),
-                self.strategy.checkpoint_state(),
-                {"strategy_meta": self.strategy.checkpoint_meta(), "worker_counters": self._counters()},
-            )
             self.last_closed = cur.round
-            log.info(
-                "[Engine] round %d closed: %d/%d pushes, checkpoint %s",
-                cur.round,
-                len(cur.pushed),
-                len(cur.participants),
-                path.name,
+            log.info("[Engine] round %d closed: %d/%d pushes", cur.round, len(cur.pushed), len(cur.participants))
+            state, meta = (
+                self.strategy.checkpoint_state(),
+                {
+                    "strategy_meta": self.strategy.checkpoint_meta(),
+                    "worker_counters": self._counters(),
+                },
             )
+            self.checkpointer.write(Checkpoint(cur.round, cur.started_at, sorted(cur.pushed), state, meta))
         self._cond.notify_all()
+
+    def _checkpointed(self) -> None:
+        """A background checkpoint is on disk: the next round may open."""
+        with self._cond:
+            self._maybe_advance()
+            self._cond.notify_all()
 
     # -- transfers -----------------------------------------------------------------------------
     def downloads(self, worker_id: str, round: int) -> tuple[int, list[Download]]:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FEDERATION_SERVICE = federation_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+CHECKPOINT_STOP_S = 120.0  # how long stop() lets a pending round checkpoint finish
 
 
 class Coordinator:
@@ -45,7 +46,8 @@ class Coordinator:
             raise ConfigError("the dashboard (dashboard_port) needs admin_token: log in with it, or drop dashboard_port")
         self.config = config
         self.store = StateStore(config.state_dir)
-        self.engine = RoundEngine(config, self.store)
+        # a closed round's checkpoint is written after the closing push is acknowledged (before the next round opens)
+        self.engine = RoundEngine(config, self.store, background_checkpoints=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.server_threads, thread_name_prefix="grpc"),
             options=SERVER_OPTIONS,
@@ -55,7 +57,12 @@ class Coordinator:
             ],
         )
         add_federation_servicer(  # the generated registration, with faster bulk transfers (coordinator/servicer.py)
-            FederationServicer(self.engine, config.max_blob_bytes, require_identity=bool(config.tls and config.tls.client_ca)),
+            FederationServicer(
+                self.engine,
+                config.max_blob_bytes,
+                require_identity=bool(config.tls and config.tls.client_ca),
+                download_cache_bytes=config.download_cache_bytes,
+            ),
             self.server,
         )
         self.admin = AdminView(self.engine)
@@ -118,5 +125,7 @@ class Coordinator:
         if self.dashboard is not None:
             self.dashboard.stop()
         self.server.stop(grace).wait()
+        if not self.engine.checkpointer.stop(timeout=CHECKPOINT_STOP_S):
+            log.error("[Coordinator] stopping with the checkpoint of round %s not on disk", self.engine.checkpointer.pending)
         self.store.close()
         log.info("[Coordinator] stopped")

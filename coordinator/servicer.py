@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -12,16 +13,21 @@ from typing import Any, TypeVar
 import grpc
 
 from common import serde, wire
+from common.buffers import BufferPool
 from common.errors import FedtreeError, InvalidArgument, PermissionDenied, status_code
+from common.prefetch import ahead
 from common.types import PushResult
 from coordinator.engine import RoundEngine
 from coordinator.metrics import PUSH_LATENCY
-from coordinator.transfer import BlobCache, UpdateReceiver, download_messages
+from coordinator.transfer import DEFAULT_CACHE_BYTES, BlobCache, UpdateReceiver, download_messages
 from proto.fedtree.v1 import federation_pb2 as pb
 from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+RECEIVE_POOL_BYTES = 512 << 20
+# push messages received ahead of reassembly: validating a layer does not stall the next one's arrival
+PUSH_READ_AHEAD = 8
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
@@ -67,11 +73,18 @@ def check_identity(context: grpc.ServicerContext, worker_id: str) -> None:
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, engine: RoundEngine, max_blob_bytes: int, require_identity: bool = False) -> None:
+    def __init__(
+        self,
+        engine: RoundEngine,
+        max_blob_bytes: int,
+        require_identity: bool = False,
+        download_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.engine = engine
         self.require_identity = require_identity
         self.max_blob_bytes = max_blob_bytes
-        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype)
+        self.cache = BlobCache(wire_dtype=engine.run.wire_dtype, digest=engine.run.digest, max_bytes=download_cache_bytes)
+        self.buffers = BufferPool(RECEIVE_POOL_BYTES)  # pushes reassemble into the memory of committed ones
 
     def _identity(self, context: grpc.ServicerContext, worker_id: str) -> None:
         if self.require_identity:
@@ -101,7 +114,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         version, items = self.engine.downloads(request.worker_id, request.round)
         sent = 0
         for encoded in download_messages(self.cache, version, request.round, items, self.engine.run.chunk_size):
-            yield from encoded.messages  # serialised Chunks, cached across workers (see add_federation_servicer)
+            yield from encoded.messages()  # serialised Chunks, cached across workers (see add_federation_servicer)
             sent += encoded.nbytes
         self.engine.add_bytes_sent(request.worker_id, sent)
 
@@ -118,11 +131,19 @@ class FederationServicer(pb_grpc.FederationServicer):
                 for _ in request_iterator:
                     pass
                 return serde.push_result_to_proto(admitted)
-            receiver = UpdateReceiver(admitted.header, admitted.expected, self.max_blob_bytes, self.engine.run.wire_dtype)
-            for part in request_iterator:
-                if part.chunk is None:
-                    raise InvalidArgument(part.problem or "only chunks may follow the push header")
-                receiver.feed(part.chunk)
+            receiver = UpdateReceiver(
+                admitted.header,
+                admitted.expected,
+                self.max_blob_bytes,
+                self.engine.run.wire_dtype,
+                self.engine.run.digest,
+                self.buffers,
+            )
+            with contextlib.closing(ahead(request_iterator, PUSH_READ_AHEAD, name="push-read-ahead")) as parts:
+                for part in parts:
+                    if part.chunk is None:
+                        raise InvalidArgument(part.problem or "only chunks may follow the push header")
+                    receiver.feed(part.chunk)
             update = receiver.finish()
             return serde.push_result_to_proto(self.engine.commit(admitted, update, receiver.nbytes))
         finally:

@@ -8,10 +8,13 @@ from typing import TypeVar
 
 import torch
 
-from common import blobs, codec, serde, wire
-from common.chunking import BlobKey, Role, assemble_all, split
+from common import blobs, codec, framing, serde, wire
+from common.buffers import BufferPool
+from common.chunking import BlobKey, Role, assemble_all
 from common.config import ClientTlsConfig, RunConfig
+from common.digest import DEFAULT_DIGEST, DigestName
 from common.grpc_options import CHANNEL_OPTIONS
+from common.prefetch import ahead
 from common.retry import (
     CALL_TIMEOUT_S,
     DEFAULT_LONG_POLL_S,
@@ -28,6 +31,9 @@ from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 PULL_MAX_BLOB_BYTES = 1 << 30
+# messages received ahead of reassembly (pull) and framed ahead of gRPC's send (push): the chunk window
+PULL_READ_AHEAD = 8
+PUSH_FRAME_AHEAD = 4
 
 Tensors = dict[str, torch.Tensor]
 Pulled = dict[int, dict[Role, Tensors]]
@@ -57,6 +63,8 @@ class FederationClient:
         self.stopping = threading.Event()  # set by interrupt(): every wait and retry ends (common/retry.py)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.wire_dtype: str | None = None  # the run's, learnt in get_run()
+        self.digest: DigestName = DEFAULT_DIGEST  # the run's blob digest, learnt in get_run()
+        self.buffers = BufferPool()  # pulls reassemble into the memory of earlier pulls once those are dropped
         # The two bulk calls read and write chunk bytes by hand (common/wire.py): same wire format, fewer copies.
         self._pull_raw = self.channel.unary_stream(
             "/fedtree.v1.Federation/PullAdapters", request_serializer=pb.PullAdaptersRequest.SerializeToString
@@ -84,7 +92,7 @@ class FederationClient:
             lambda: self.stub.GetRun(serde.get_run_request(self.worker_id), timeout=self.call_timeout_s, metadata=self.md),
         )
         run_id, run = serde.run_from_proto(resp.run)
-        self.wire_dtype = run.wire_dtype
+        self.wire_dtype, self.digest = run.wire_dtype, run.digest
         return run_id, run
 
     def join(self, req: JoinRequest) -> int:
@@ -108,10 +116,16 @@ class FederationClient:
         def fetch() -> Pulled:
             stream = self._pull_raw(serde.pull_request(self.worker_id, round), timeout=self.transfer_timeout_s, metadata=self.md)
             out: Pulled = {}
-            chunks = (wire.decode_chunk(c) for c in stream)
-            for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES):
-                tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
-                out.setdefault(key.layer, {})[key.role] = tensors
+            # a thread keeps receiving while this one copies, hashes and decodes the last chunk
+            messages = ahead(stream, PULL_READ_AHEAD, name="pull-read-ahead")
+            try:
+                chunks = (wire.decode_chunk(c) for c in messages)
+                for key, blob in assemble_all(chunks, PULL_MAX_BLOB_BYTES, self.digest, self.buffers):
+                    tensors = blobs.decode_blob(blob, f"pulled layer {key.layer} {key.role.name.lower()}")
+                    out.setdefault(key.layer, {})[key.role] = tensors
+            finally:
+                messages.close()
+                stream.cancel()  # a no-op once the stream has ended; else it stops the coordinator's send
             return out
 
         return self._call("PullAdapters", fetch)
@@ -121,11 +135,15 @@ class FederationClient:
 
         def requests() -> Iterator[bytes]:
             yield serde.push_header_to_proto(header).SerializeToString()
+            # gRPC sends one message at a time and waits for it to go out: frame the next ones meanwhile
+            yield from ahead(frames(), PUSH_FRAME_AHEAD, name="push-frame-ahead")
+
+        def frames() -> Iterator[bytes]:
             for layer, tensors in sorted(update.items()):
                 sent, wire_meta = codec.to_wire(tensors, self.wire_dtype)
-                blob = codec.encode(sent, {"round": str(header.round), "layer": str(layer), "role": "update", **wire_meta})
-                for chunk in split(blob, BlobKey(header.round, layer, Role.UPDATE), chunk_size):
-                    yield wire.encode_push_chunk(chunk)
+                layout = codec.layout(sent, {"round": str(header.round), "layer": str(layer), "role": "update", **wire_meta})
+                key = BlobKey(header.round, layer, Role.UPDATE)
+                yield from framing.frames(layout, key, chunk_size, self.digest, push=True)
 
         resp = self._call("PushUpdate", lambda: self._push_raw(requests(), timeout=self.transfer_timeout_s, metadata=self.md))
         return serde.push_result_from_proto(resp)

@@ -41,7 +41,7 @@ class FedIT(Strategy):
     def close_round(self, round: int) -> None:
         self.robust.flush(self._sink)
         if self._pending.sums:  # a round nobody pushed to keeps the previous global adapter
-            self.global_adapter = self._pending.means()
+            self.global_adapter = self._pending.take_means()  # in the sums' memory: no second adapter-sized copy
         self._pending = WeightedSum()
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -81,7 +81,7 @@ def garbage_blob() -> list[ChunkData]:
 
 CASES: dict[str, tuple[Callable[[], list[ChunkData]], grpc.StatusCode, str]] = {
     "out of order": (lambda: swap_first_two(chunks_of(good_update())), grpc.StatusCode.INVALID_ARGUMENT, "out of order"),
-    "sha256 mismatch": (lambda: flip_byte(chunks_of(good_update())), grpc.StatusCode.INVALID_ARGUMENT, "sha256"),
+    "digest mismatch": (lambda: flip_byte(chunks_of(good_update())), grpc.StatusCode.INVALID_ARGUMENT, "blake3 digest mismatch"),
     "truncated": (lambda: chunks_of(good_update())[:-1], grpc.StatusCode.INVALID_ARGUMENT, "stream ended"),
     "unexpected name": (
         lambda: with_tensor("attn.k.lora_A.weight", torch.ones(4, 32)),

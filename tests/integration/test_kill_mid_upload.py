@@ -60,6 +60,7 @@ def test_sigkill_mid_upload_leaves_no_trace(coordinator_factory, tmp_path: Path)
 
     pushes = engine.store.pushes(1)
     assert sorted(pushes) == ["honest", "victim"] and pushes["victim"]["upload_id"] == "victim-real"
+    assert engine.checkpointer.wait(30)  # written after the closing push was acknowledged
     ckpt = engine.store.load_checkpoint(1)
     for layer in range(3):  # mean of the complete pushes only: (3 + 1) / 2, the partial 1000s never counted
         for name in (A, B):

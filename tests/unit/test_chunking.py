@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import blake3
 import pytest
 
 from common.chunking import Assembler, BlobKey, ChunkData, Role, assemble_all, split
+from common.digest import DIGEST_NAMES, DigestName
 from common.errors import InvalidArgument
 
 CS = 16  # a small chunk size keeps every case tiny
@@ -24,7 +26,12 @@ def chunks_of(n: int, key: BlobKey = KEY, seed: int = 0) -> list[ChunkData]:
     return list(split(payload(n, seed), key, CS))
 
 
-def feed_all(chunks: list[ChunkData], max_blob_bytes: int = MAX) -> list[tuple[BlobKey, bytes] | None]:
+def reference_digest(algorithm: DigestName, blob: bytes) -> bytes:
+    """The digest from the algorithm's own library (not common.digest)."""
+    return blake3.blake3(blob).digest() if algorithm == "blake3" else hashlib.sha256(blob).digest()
+
+
+def feed_all(chunks: list[ChunkData], max_blob_bytes: int = MAX) -> list[tuple[BlobKey, memoryview] | None]:
     asm = Assembler(max_blob_bytes)
     return [asm.feed(c) for c in chunks]
 
@@ -32,17 +39,18 @@ def feed_all(chunks: list[ChunkData], max_blob_bytes: int = MAX) -> list[tuple[B
 # -- split + assemble ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("algorithm", DIGEST_NAMES)
 @pytest.mark.parametrize(
     ("size", "count"),
     [(0, 1), (1, 1), (CS - 1, 1), (CS, 1), (CS + 1, 2), (int(3.5 * CS), 4)],
 )
-def test_split_assemble_round_trip(size: int, count: int) -> None:
+def test_split_assemble_round_trip(size: int, count: int, algorithm: DigestName) -> None:
     blob = payload(size)
-    chunks = list(split(blob, KEY, CS))
+    chunks = list(split(blob, KEY, CS, algorithm=algorithm))
 
     assert len(chunks) == count
     assert [c.index for c in chunks] == list(range(count))
-    digest = hashlib.sha256(blob).digest()
+    digest = reference_digest(algorithm, blob)
     for c in chunks:
         assert (c.key, c.total, c.digest, c.blob_size) == (KEY, count, digest, size)
         assert len(c.data) <= CS
@@ -51,7 +59,20 @@ def test_split_assemble_round_trip(size: int, count: int) -> None:
         assert all(len(c.data) == CS for c in chunks[:-1])
         assert len(chunks[-1].data) == size - CS * (count - 1)
 
-    assert list(assemble_all(chunks, MAX)) == [(KEY, blob)]
+    assert list(assemble_all(chunks, MAX, algorithm)) == [(KEY, blob)]
+
+
+def test_default_digest_is_blake3() -> None:
+    blob = payload(3 * CS)
+    assert {c.digest for c in split(blob, KEY, CS)} == {blake3.blake3(blob).digest()}
+
+
+def test_reassembled_blob_is_a_writable_buffer_of_its_own() -> None:
+    blob = payload(3 * CS)
+    (key, got), *_ = assemble_all(split(blob, KEY, CS), MAX)
+    assert isinstance(got, memoryview) and not got.readonly and got == blob
+    got[0] ^= 0xFF  # its own memory: the chunks' bytes are untouched
+    assert got != blob and payload(3 * CS) == blob
 
 
 def test_feed_returns_none_until_the_last_chunk() -> None:
@@ -163,19 +184,28 @@ def test_changed_blob_size_mid_blob() -> None:
         feed_all([chunks[0], bad, chunks[2]])
 
 
-def test_sha256_mismatch_after_flipped_byte() -> None:
-    chunks = chunks_of(3 * CS)
+@pytest.mark.parametrize("algorithm", DIGEST_NAMES)
+def test_digest_mismatch_after_flipped_byte(algorithm: DigestName) -> None:
+    chunks = list(split(payload(3 * CS), KEY, CS, algorithm=algorithm))
     data = bytearray(chunks[1].data)
     data[4] ^= 0x01
     chunks[1] = dataclasses.replace(chunks[1], data=bytes(data))
-    asm = Assembler(MAX)
+    asm = Assembler(MAX, algorithm)
     assert asm.feed(chunks[0]) is None
     assert asm.feed(chunks[1]) is None
-    with pytest.raises(InvalidArgument, match="round 3 layer 1 role update: sha256 mismatch, blob corrupted in transit"):
+    with pytest.raises(
+        InvalidArgument, match=f"round 3 layer 1 role update: {algorithm} digest mismatch, blob corrupted in transit"
+    ):
         asm.feed(chunks[2])
     assert not asm.in_progress  # the bad blob is dropped; the assembler can carry on
     good = payload(CS, 9)
-    assert [asm.feed(c) for c in split(good, KEY, CS)] == [(KEY, good)]
+    assert [asm.feed(c) for c in split(good, KEY, CS, algorithm=algorithm)] == [(KEY, good)]
+
+
+@pytest.mark.parametrize(("sent", "checked"), [("sha256", "blake3"), ("blake3", "sha256")])
+def test_digest_of_the_other_algorithm_is_a_mismatch(sent: DigestName, checked: DigestName) -> None:
+    with pytest.raises(InvalidArgument, match=f"{checked} digest mismatch"):
+        list(assemble_all(split(payload(2 * CS), KEY, CS, algorithm=sent), MAX, checked))
 
 
 def test_announced_blob_size_over_limit() -> None:
@@ -225,7 +255,7 @@ def test_truncated_stream_assemble_all() -> None:
 @pytest.mark.parametrize("length", [0, 16, 31, 33, 64])
 def test_digest_not_32_bytes(length: int) -> None:
     chunk = dataclasses.replace(chunks_of(4)[0], digest=b"\x00" * length)
-    with pytest.raises(InvalidArgument, match=f"sha256 must be 32 bytes, got {length}"):
+    with pytest.raises(InvalidArgument, match=f"the blake3 digest must be 32 bytes, got {length}"):
         feed_all([chunk])
 
 

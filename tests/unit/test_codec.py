@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from common import codec
 from common.errors import InvalidArgument
@@ -190,3 +196,133 @@ def test_decode_deeply_nested_header_is_invalid_argument() -> None:
     header = b"[" * 100_000 + b"]" * 100_000  # 200 kB, under the 1 MiB header cap
     with pytest.raises(InvalidArgument):
         codec.decode(with_header(header))
+
+
+# -- our writer is safetensors' format; our reader is zero-copy and as strict as safetensors ----
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8]
+DTYPES += [torch.uint8, torch.bool, torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def random_tensor(dtype: torch.dtype, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(0, 256, (math.prod(shape) * dtype.itemsize,), dtype=torch.uint8, generator=gen).view(dtype).reshape(shape)
+    )
+
+
+named_tensors = st.dictionaries(
+    st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=12).filter(lambda n: n != codec.METADATA_KEY),
+    st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 5), max_size=3).map(tuple), st.integers(0, 99)),
+    max_size=6,
+).map(lambda d: {name: random_tensor(dtype, shape, seed) for name, (dtype, shape, seed) in d.items()})
+one_key_metadata = st.one_of(st.none(), st.dictionaries(st.text(max_size=8), st.text(max_size=8), min_size=1, max_size=1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(named_tensors, one_key_metadata)
+def test_encode_is_byte_identical_to_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
+    # safetensors writes several metadata keys in hash order (not reproducible); with at most one key it is
+    assert codec.encode(tensors, metadata) == st_save(tensors, metadata=metadata)
+
+
+@settings(max_examples=150, deadline=None)
+@given(named_tensors, st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4))
+def test_decode_reads_what_safetensors_wrote_and_safetensors_reads_ours(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
+    ours, meta = codec.decode(st_save(tensors, metadata=metadata or None))
+    theirs = st_load(codec.encode(tensors, metadata))
+    assert meta == metadata and sorted(ours) == sorted(theirs) == sorted(tensors)
+    for name, t in tensors.items():
+        for got in (ours[name], theirs[name]):
+            assert got.dtype == t.dtype and got.shape == t.shape
+            assert torch.equal(got.reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8))  # bit for bit
+
+
+def test_metadata_keys_are_written_sorted() -> None:
+    blob = codec.encode({"t": torch.zeros(1)}, {"round": "1", "layer": "2", "role": "update"})
+    assert codec.read_header(blob)["__metadata__"] == {"layer": "2", "role": "update", "round": "1"}
+    assert b'{"__metadata__":{"layer":"2","role":"update","round":"1"},' in blob
+
+
+def test_decode_of_a_writable_buffer_shares_its_memory() -> None:
+    buffer = bytearray(codec.encode(golden_tensors(), {"round": "1"}))
+    tensors, _ = codec.decode(memoryview(buffer))
+    base = torch.frombuffer(buffer, dtype=torch.uint8).data_ptr()
+    for t in tensors.values():
+        assert base <= t.data_ptr() < base + len(buffer)  # a view, not a copy
+    buffer[-2:] = torch.tensor([5.0], dtype=torch.float16).view(torch.uint8).numpy().tobytes()
+    assert tensors["a"].tolist() == [5.0]
+
+
+def test_decode_of_read_only_bytes_copies_once() -> None:
+    tensors, _ = codec.decode(GOLDEN)
+    tensors["b"].add_(1.0)  # never writes into the immutable bytes
+    assert codec.decode(GOLDEN)[0]["b"].tolist() == [[1.0, 2.0]]
+
+
+def test_decode_accepts_a_uint8_tensor() -> None:
+    buffer = torch.frombuffer(bytearray(GOLDEN), dtype=torch.uint8)
+    tensors, meta = codec.decode(buffer)
+    assert meta == {"round": "1"} and tensors["b"].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+
+
+def test_misaligned_tensor_is_copied_not_refused() -> None:
+    # a valid safetensors blob whose F32 tensor starts at an odd offset (our writer never makes one)
+    header = json.dumps(
+        {"u": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}, "f": {"dtype": "F32", "shape": [1], "data_offsets": [1, 5]}}
+    )
+    text = header.encode() + b" " * (-len(header) % 8)
+    blob = with_header(text, b"\x07" + struct.pack("<f", 1.5))
+    tensors, _ = codec.decode(bytearray(blob))
+    assert tensors["u"].tolist() == [7] and tensors["f"].tolist() == [1.5]
+
+
+@pytest.mark.parametrize(
+    ("entries", "data", "words"),
+    [
+        ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, 4, "does not take 4 bytes"),
+        ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8, "does not start where the previous ends"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            },
+            4,
+            "does not start where",
+        ),
+        ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, 6, "the tensors take 4 bytes, the blob holds 6"),
+        ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, 4, "data_offsets"),
+        ({"t": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, 4, "shape"),
+        ({"t": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, 4, "shape"),
+        ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}, 4, "data_offsets"),
+        ({"t": [1, 2]}, 4, "exactly dtype, shape and data_offsets"),
+        ({"__metadata__": {"round": 1}}, 0, "values must be strings"),
+    ],
+)
+def test_decode_is_as_strict_as_safetensors(entries: dict[str, object], data: int, words: str) -> None:
+    blob = with_header(json.dumps(entries).encode(), b"\x00" * data)
+    with pytest.raises(InvalidArgument, match=words):
+        codec.decode(blob)
+    with pytest.raises(SafetensorError):
+        st_load(blob)  # safetensors refuses each of them too
+
+
+def test_decode_refuses_unknown_entry_keys_which_safetensors_ignores() -> None:
+    entries = {"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1}}
+    with pytest.raises(InvalidArgument, match="exactly dtype, shape and data_offsets"):
+        codec.decode(with_header(json.dumps(entries).encode(), b"\x00" * 4))  # our writer never adds any
+
+
+def test_encode_refuses_a_dtype_safetensors_cannot_store() -> None:
+    with pytest.raises(ValueError, match="cannot be stored"):
+        codec.layout({"c": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_layout_pieces_are_views_of_the_tensors() -> None:
+    t = torch.arange(6, dtype=torch.float32)
+    lay = codec.layout({"t": t})
+    assert lay.size == len(lay.head) + 24 and len(lay.data) == 1
+    t[0] = 9.0  # the layout holds the tensor's memory, not a copy of it
+    assert struct.unpack_from("<f", lay.data[0], 0) == (9.0,)

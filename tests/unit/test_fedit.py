@@ -233,6 +233,21 @@ def test_weighted_sum_per_layer_weights() -> None:
     assert means[1][A].tolist() == [10.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_take_means_equals_means_and_reuses_the_sums(dtype: torch.dtype) -> None:
+    ws = WeightedSum()
+    ws.add(0, {A: torch.tensor([2.0, 4.0], dtype=dtype)}, 1.0)
+    ws.add(0, {A: torch.tensor([6.0, 1.0], dtype=dtype)}, 3.0)
+    ws.add(1, {A: torch.tensor([10.0], dtype=dtype)}, 0.5)
+    expected, sum_ptr = ws.means(), ws.sums[0][A].data_ptr()
+    taken = ws.take_means()
+    assert {layer: {n: t.tolist() for n, t in ts.items()} for layer, ts in taken.items()} == {
+        layer: {n: t.tolist() for n, t in ts.items()} for layer, ts in expected.items()
+    }
+    assert taken[0][A].dtype == dtype and ws.sums == {} and ws.weights == {}
+    assert (taken[0][A].data_ptr() == sum_ptr) == (dtype == torch.float32)  # a float32 mean is the sum itself
+
+
 def test_flatten_unflatten() -> None:
     flat = flatten(X, "global")
     assert sorted(flat) == ["global/0/" + A, "global/0/" + B, "global/1/" + A, "global/1/" + B]

@@ -10,6 +10,7 @@ from common.schema import (
     DTYPES,
     TensorSpec,
     UploadSpec,
+    all_finite,
     dtype_name,
     is_lora_a,
     is_lora_b,
@@ -216,3 +217,21 @@ def test_select_no_layers() -> None:
 
 def test_select_preserves_upload_layer_order() -> None:
     assert list(select(schema(), UploadSpec((2, 0)))) == [2, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.float8_e5m2])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_all_finite_finds_one_bad_value_anywhere(dtype: torch.dtype, bad: float) -> None:
+    """aminmax reduces in vector lanes and tails: a single NaN/Inf at any position must show."""
+    for n in (1, 7, 8, 15, 16, 17, 31, 33, 64, 65, 257):
+        clean = torch.linspace(-3, 3, n).to(dtype)
+        assert all_finite(clean)
+        for i in range(n):
+            t = clean.clone()
+            t[i] = bad
+            assert not all_finite(t), (n, i)
+            assert not all_finite(t.reshape(1, n).t())  # any layout
+
+
+def test_all_finite_of_empty_and_integer_tensors() -> None:
+    assert all_finite(torch.empty(0, 3)) and all_finite(torch.arange(5)) and all_finite(torch.tensor(True))

@@ -91,7 +91,7 @@ class Chunk(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     BLOB_SIZE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     round: _builtins.int
@@ -101,8 +101,10 @@ class Chunk(_message.Message):
     """0-based position of this chunk in its blob"""
     total: _builtins.int
     """number of chunks of the blob"""
-    sha256: _builtins.bytes
-    """sha256 digest (32 bytes) of the whole blob"""
+    digest: _builtins.bytes
+    """Digest (32 bytes) of the whole blob, by the run's algorithm (RunSpec.digest), repeated on
+    every chunk of the blob. Named sha256 before protocol 1.1, when that was the only one.
+    """
     blob_size: _builtins.int
     """length of the whole blob in bytes"""
     data: _builtins.bytes
@@ -114,13 +116,13 @@ class Chunk(_message.Message):
         role: Global___Role.ValueType = ...,
         index: _builtins.int = ...,
         total: _builtins.int = ...,
-        sha256: _builtins.bytes = ...,
+        digest: _builtins.bytes = ...,
         blob_size: _builtins.int = ...,
         data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_size", b"blob_size", "data", b"data", "index", b"index", "layer", b"layer", "role", b"role", "round", b"round", "sha256", b"sha256", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_size", b"blob_size", "data", b"data", "digest", b"digest", "index", b"index", "layer", b"layer", "role", b"role", "round", b"round", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,6 +301,7 @@ class RunSpec(_message.Message):
     DP_CLIP_NORM_FIELD_NUMBER: _builtins.int
     DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     WIRE_DTYPE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     strategy: _builtins.str
     rounds: _builtins.int
@@ -311,6 +314,10 @@ class RunSpec(_message.Message):
     """Optional reduced precision on the wire: "" (off), "bf16" or "fp16". float32 adapter tensors
     travel in this dtype both ways and are restored to float32 on arrival. (20: clear of the
     numbers other RunSpec additions take.)
+    """
+    digest: _builtins.str
+    """The digest every blob is checked with (Chunk.digest): "blake3" or "sha256". Empty: a
+    coordinator from before protocol 1.1, which only knew sha256.
     """
     @_builtins.property
     def lora(self) -> Global___LoraSpec: ...
@@ -332,10 +339,11 @@ class RunSpec(_message.Message):
         dp_clip_norm: _builtins.float = ...,
         dp_noise_multiplier: _builtins.float = ...,
         wire_dtype: _builtins.str = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fedtree", b"fedtree", "lora", b"lora", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train", "wire_dtype", b"wire_dtype"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "digest", b"digest", "dp_clip_norm", b"dp_clip_norm", "dp_noise_multiplier", b"dp_noise_multiplier", "fedtree", b"fedtree", "lora", b"lora", "rounds", b"rounds", "run_id", b"run_id", "seed", b"seed", "strategy", b"strategy", "train", b"train", "wire_dtype", b"wire_dtype"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
