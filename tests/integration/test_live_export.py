@@ -71,6 +71,7 @@ def test_export_during_the_tree_building_round_leaves_every_upload_in_the_tree(c
         assert engine.last_closed == 1 and strategy.built_round == 1  # type: ignore[union-attr]
         assert sorted(strategy.tree.leaves) == list(WORKERS)  # type: ignore[union-attr]
         assert strategy.clusters()[0] == [["w0", "w1"], ["w2", "w3"]]  # type: ignore[union-attr]
+        assert engine.checkpointer.wait(30)  # round 2 opens once round 1's checkpoint is on disk
 
         # round 2 rebuilds the tree: the operator exports w0's adapter (CLI, another process) mid-round
         for w in WORKERS[:3]:
@@ -83,5 +84,6 @@ def test_export_during_the_tree_building_round_leaves_every_upload_in_the_tree(c
         assert spill(state) == spilled and set(engine.store.pushes(2)) == set(WORKERS[:3])
         push(stub, chunks_of(planted("w3", 2), round=2), round=2, worker="w3", upload="w3-2")
     assert engine.last_closed == 2 and strategy.built_round == 2  # type: ignore[union-attr]
+    assert engine.checkpointer.wait(30)
     assert sorted(strategy.tree.leaves) == list(WORKERS)  # type: ignore[union-attr]
     assert engine.store.rounds()[1]["participants"] == list(WORKERS) and engine.store.rounds()[1]["pushes"] == 4
