@@ -163,7 +163,7 @@ def _tree_ari(meta: dict[str, Any], client_task: dict[str, str]) -> float | None
 # -- tuning split -------------------------------------------------------------------------------
 # One knob at a time around the base Knobs, on TUNE_SEEDS (clients and data no reported run sees).
 TUNE_GRID: dict[str, tuple[Any, ...]] = {
-    "metric": ("euclidean", "cosine"),
+    "metric": ("euclidean", "cosine", "span"),
     "distance_on": ("B", "A"),
     "head_mode": ("local", "cluster"),  # frozen: see the first sensitivity table (far below at this budget)
     "lambda_init": (0.5, 0.8),

@@ -17,6 +17,7 @@ import numpy as np
 
 from common.config import FedTreeConfig, RunConfig
 from coordinator.tree import ClientTree, build_tree, choose_cuts, layer_distances, stack_b
+from coordinator.tree.spans import span_layer_distances
 from worker.data.planted import PlantedClient
 
 VARIANTS: tuple[tuple[str, str], ...] = (
@@ -26,6 +27,8 @@ VARIANTS: tuple[tuple[str, str], ...] = (
     ("BA", "cosine"),
     ("A", "euclidean"),
     ("A", "cosine"),
+    ("B", "span"),
+    ("A", "span"),
 )
 # the coordinator's: fedtree.distance_on and fedtree.metric at their defaults
 DEFAULT_VARIANT = (FedTreeConfig().distance_on, FedTreeConfig().metric)
@@ -137,7 +140,12 @@ def analyse(outcome: RunOutcome) -> tuple[dict[str, Any], list[VariantResult]]:
     for kind, metric in VARIANTS:
         per_client = [product_ba(own[w]) for w in leaves] if kind == "BA" else [own[w] for w in leaves]
         flt = {"B": lambda n: "lora_B" in n, "A": lambda n: "lora_A" in n}.get(kind, lambda n: True)
-        Dl = layer_distances(stack_b(per_client, names_filter=flt), metric=metric).numpy()  # type: ignore[arg-type]
+        if metric == "span":
+            Dl = np.stack(
+                [span_layer_distances([c[layer] for c in per_client], flt, rows=kind == "A") for layer in sorted(per_client[0])]
+            )
+        else:
+            Dl = layer_distances(stack_b(per_client, names_filter=flt), metric=metric).numpy()  # type: ignore[arg-type]
         tree = build_tree(Dl.mean(axis=0), leaves, cfg.linkage)
         cuts = choose_cuts(tree, Dl, K=cfg.window, tau=cfg.tau).cuts
         results.append(score(tree, cuts, (kind, metric)))

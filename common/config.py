@@ -96,7 +96,11 @@ class FedTreeConfig(_Frozen):
     window: int = Field(3, ge=1, description="K: a layer's cut may add at most K-1 clusters to the layer below's.")
     tau: float = Field(0.1, description="phi(1): the score of keeping a layer at one cluster.")
     linkage: Literal["average", "complete", "single", "ward"] = Field("average", description="Agglomerative linkage of the tree.")
-    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="Distance between clients' LoRA factors.")
+    metric: Literal["euclidean", "cosine", "span"] = Field(
+        "euclidean",
+        description="Distance between clients' LoRA factors: euclidean, cosine, or span (beyond the paper: how far apart "
+        "the subspaces are that the factors write into (B's columns) or read from (A's rows); docs/ALGORITHM.md).",
+    )
     distance_on: Literal["B", "A"] = Field(
         "A",
         description="LoRA factor the client distance compares: A (default, beyond the paper: the input side, where the "

@@ -52,6 +52,7 @@ from coordinator.strategies.base import EXPORT_FROM_WORKER, Download, LayerTenso
 from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
 from coordinator.tree.placement import LayerPlace, Placement, place_layer, place_nested, thresholds
 from coordinator.tree.render import dendrogram, layer_groups
+from coordinator.tree.spans import span_layer_distances
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -235,14 +236,8 @@ class FedTree(Strategy):
     def _build(self, round: int) -> None:
         workers = self._uploads.workers()
         # one layer of every worker's B at a time: memory is N x one layer, not N x the adapter
-        Dl = np.concatenate(
-            [
-                layer_distances(
-                    stack_b([{layer: self._uploads.layer(w, layer)} for w in workers], names_filter=self._factor),
-                    metric=self.cfg.metric,
-                ).numpy()
-                for layer in self._uploads.layers(workers[0])
-            ]
+        Dl = np.stack(
+            [self._distances([self._uploads.layer(w, layer) for w in workers]) for layer in self._uploads.layers(workers[0])]
         )
         labels = self._assign(workers, Dl)
         before = set(self.assignment.get(self.all_layers()[0], {})) - self.departed
@@ -272,9 +267,7 @@ class FedTree(Strategy):
         """Per layer (shallow to deep): the joiner's distances to the members (N,) and theirs (N, N)
         under the layer distance, one layer of every member in memory at a time."""
         for layer in self.all_layers():
-            tensors = [self._uploads.layer(worker, layer)] + [self.members.layer(m, layer) for m in members]
-            stacked = stack_b([{layer: t} for t in tensors], names_filter=self._factor)
-            Dl = layer_distances(stacked, metric=self.cfg.metric).numpy()[0]
+            Dl = self._distances([self._uploads.layer(worker, layer)] + [self.members.layer(m, layer) for m in members])
             yield layer, Dl[0, 1:], Dl[1:, 1:]
 
     def _choose(self, worker: str, members: list[str]) -> list[LayerPlace]:
@@ -331,6 +324,12 @@ class FedTree(Strategy):
             placement.distance,
             "" if branch is None else f", its own branch from layer {layers[branch]}",
         )
+
+    def _distances(self, layer_of: list[dict[str, torch.Tensor]]) -> np.ndarray:
+        """One layer's client distances (N, N) under `fedtree.metric` on `fedtree.distance_on`'s factor."""
+        if self.cfg.metric == "span":
+            return span_layer_distances(layer_of, self._factor, rows=self.cfg.distance_on == "A")
+        return layer_distances(stack_b([{0: t} for t in layer_of], names_filter=self._factor), metric=self.cfg.metric).numpy()[0]
 
     def _factor(self, name: str) -> bool:
         """The LoRA factor the client distance compares: B (the paper) or A (`fedtree.distance_on`).
