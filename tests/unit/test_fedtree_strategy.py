@@ -133,7 +133,7 @@ def test_state_and_meta_round_trip() -> None:
 
 def test_late_joiner_gets_everyones_mean_with_late_join_mean() -> None:
     """The behaviour before placement existed, kept as the ablation `late_join: mean`
-    (placement: tests/unit/test_late_join.py)."""
+    (placement: tests/unit/test_late_join_rules.py)."""
     s = strategy(late_join="mean")
     warm_up(s)
     got = by_role(s, "newcomer")
@@ -190,3 +190,22 @@ def test_distance_on_a_groups_by_the_input_side() -> None:
             s.accumulate(worker, 2, with_a(worker), 1.0)
         s.close_round(2)
         assert s.clusters()[-1] == expected, factor
+
+
+def test_span_metric_groups_workers_whose_b_writes_into_the_same_directions() -> None:
+    """w0 and w1 push B along the same two directions with opposite signs (one task, two skews),
+    w2 and w3 along two others: euclidean on B pairs each worker with the other task's worker of
+    its sign, the span distance pairs the tasks."""
+    e = torch.eye(4)
+    task = {"w0": e[:, :2], "w1": -e[:, :2] * torch.tensor([2.0, 0.5]), "w2": e[:, 2:], "w3": -e[:, 2:] * torch.tensor([0.5, 2.0])}
+
+    def update(worker: str) -> dict[int, dict[str, torch.Tensor]]:
+        sign = torch.full((4, 2), 0.9 if worker in ("w0", "w2") else -0.9)  # shared by the workers of one sign
+        return {layer: {A: torch.ones(2, 4), B: task[worker] + sign} for layer in range(LAYERS)}
+
+    for metric, expected in (("euclidean", [["w0", "w2"], ["w1", "w3"]]), ("span", [["w0", "w1"], ["w2", "w3"]])):
+        s = strategy(metric=metric, fixed_k=2)
+        for worker in WORKERS:
+            s.accumulate(worker, 2, update(worker), 1.0)
+        s.close_round(2)
+        assert s.clusters()[-1] == expected, metric
