@@ -47,8 +47,8 @@ class Knobs:
     warmup_rounds: int = 2
     tau: float = 0.1
     window: int = 3
-    metric: str = "euclidean"
-    distance_on: str = "A"
+    metric: str = "span"
+    distance_on: str = "B"
     personal: bool = False  # beyond the paper; only ever an option in the tables
 
     def label(self) -> str:

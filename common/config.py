@@ -97,14 +97,14 @@ class FedTreeConfig(_Frozen):
     tau: float = Field(0.1, description="phi(1): the score of keeping a layer at one cluster.")
     linkage: Literal["average", "complete", "single", "ward"] = Field("average", description="Agglomerative linkage of the tree.")
     metric: Literal["euclidean", "cosine", "span"] = Field(
-        "euclidean",
-        description="Distance between clients' LoRA factors: euclidean, cosine, or span (beyond the paper: how far apart "
-        "the subspaces are that the factors write into (B's columns) or read from (A's rows); docs/ALGORITHM.md).",
+        "span",
+        description="Distance between clients' LoRA factors: span (default, beyond the paper: how far apart the subspaces "
+        "are that the factors write into (B's columns) or read from (A's rows)), euclidean or cosine (docs/ALGORITHM.md).",
     )
     distance_on: Literal["B", "A"] = Field(
-        "A",
-        description="LoRA factor the client distance compares: A (default, beyond the paper: the input side, where the "
-        "client's texts lie) or B (the paper: the output side, which the head's error signal and the label skew drive).",
+        "B",
+        description="LoRA factor the client distance compares: B (default, the paper's factor: the output side, where "
+        "the task's head error lands) or A (the input side, where the client's texts lie).",
     )
     rebuild_every: int = Field(0, ge=0, description="Rebuild the tree every N rounds after warmup; 0 = only once.")
     late_join: Literal["place", "mean"] = Field(

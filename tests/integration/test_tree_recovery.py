@@ -10,10 +10,12 @@ What the name-keyed init fixes (fails with the old init): in B, clients of diffe
 longer pulled together by their skew. Measured on this setup (seed 0, 5 runs): other-task
 same-skew / other-task other-skew mean B distance 1.01-1.06 name-keyed vs 0.54-0.55 index-keyed.
 
-What the default distance on A gives (fails with `distance_on: B`, where within-task skews push B
-with opposite signs and the tree splits by skew first): the task as the tree's top split. On this
-tiny random model A does not also separate the skew subgroups (B does); on MiniLM it does
-(docs/BENCHMARKS.md, "tree recovery"). The model has no dropout, so the run is repeatable.
+What the default distance (span of B's columns) gives: the task as the tree's top split and the
+skew subgroups exactly below it. Measured on this setup (seed 0): B euclidean, cosine and BA split by
+skew first (task ARI -0.17, subgroup ARI 1.0); A euclidean finds the tasks but not the subgroups
+(subgroup ARI 0.22); B span both (1.0 / 1.0). With the old colliding labelling B span does not see
+the tasks (task ARI -0.17): what it compares is which head rows the error reaches, so it needs
+name-keyed rows. The model has no dropout, so the run is repeatable.
 """
 
 from __future__ import annotations
@@ -64,9 +66,16 @@ def test_name_keyed_heads_remove_the_skew_coupling(runs: dict[str, dict]) -> Non
     assert name > 0.9, runs["name"]["pair_means"]  # new: skew no longer couples tasks
 
 
-def test_distance_on_a_puts_the_task_at_the_top_split(runs: dict[str, dict]) -> None:
-    tree = runs["name"]["coordinator"]  # the defaults: distance on A, euclidean
-    assert tree.task_ari == 1.0, tree.top_split
+def test_the_default_span_of_b_finds_the_tasks_on_top_and_the_subgroups_below(runs: dict[str, dict]) -> None:
+    tree = runs["name"]["coordinator"]  # the defaults: distance on B, metric span
+    assert (tree.task_ari, tree.subgroup_ari) == (1.0, 1.0), (tree.top_split, tree.cuts)
     on_b = runs["name"]["variants"][("B", "euclidean")]  # the paper's distance splits by skew first here
     assert on_b.task_ari is not None and on_b.task_ari < 1.0, on_b.top_split
     assert on_b.subgroup_ari == 1.0  # ... and finds the subgroups exactly
+    on_a = runs["name"]["variants"][("A", "euclidean")]  # the input side sees the tasks, not the skews
+    assert on_a.task_ari == 1.0 and on_a.subgroup_ari is not None and on_a.subgroup_ari < 1.0
+
+
+def test_span_sees_tasks_only_through_name_keyed_head_rows(runs: dict[str, dict]) -> None:
+    old = runs["index"]["variants"][("B", "span")]  # head row i shared by label i of both tasks
+    assert old.task_ari is not None and old.task_ari < 1.0, old.top_split

@@ -91,7 +91,7 @@ def planted(worker: str) -> dict[int, dict[str, torch.Tensor]]:
 
 
 def warm(name: str) -> object:
-    s = make(name, fedtree=FedTreeConfig(warmup_rounds=1))
+    s = make(name, fedtree=FedTreeConfig(warmup_rounds=1, metric="euclidean"))  # planted in magnitude, not direction
     for w in ("w0", "w1", "w2", "w3"):
         s.accumulate(w, 1, planted(w), 1.0)
     s.close_round(1)

@@ -27,7 +27,7 @@ def planted(worker: str) -> dict[int, dict[str, torch.Tensor]]:
 
 
 def strategy(**knobs: object) -> FedTree:
-    cfg = FedTreeConfig(**{"warmup_rounds": 2, "distance_on": "B", **knobs})  # type: ignore[arg-type]  # planted in B
+    cfg = FedTreeConfig(**{"warmup_rounds": 2, "distance_on": "B", "metric": "euclidean", **knobs})  # type: ignore[arg-type]  # planted in B's size
     return FedTree(RunConfig(strategy="fedtree", fedtree=cfg), SCHEMA)
 
 

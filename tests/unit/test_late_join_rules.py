@@ -203,7 +203,7 @@ def test_late_warmup_rounds_knob_and_late_join_mean_ablation() -> None:
 
 def test_flat_places_once_the_same_cluster_in_every_layer_and_indep_per_layer() -> None:
     for cls in (Flat, Indep):
-        s = cls(RunConfig(strategy=cls.name, fedtree=FedTreeConfig(warmup_rounds=2, distance_on="B")), SCHEMA)
+        s = cls(RunConfig(strategy=cls.name, fedtree=FedTreeConfig(warmup_rounds=2, distance_on="B", metric="euclidean")), SCHEMA)
         warm_up(s)
         join_late(s, "late", like(-1.0))
         deep = LAYERS - 1
@@ -211,7 +211,7 @@ def test_flat_places_once_the_same_cluster_in_every_layer_and_indep_per_layer() 
         if cls is Flat:
             assert len({s.assignment[layer]["late"] for layer in range(LAYERS)}) == 1
         assert all(role == Role.CLUSTER for _, role in by_role(s, "late", 5))
-        odd = cls(RunConfig(strategy=cls.name, fedtree=FedTreeConfig(warmup_rounds=2, distance_on="B")), SCHEMA)
+        odd = cls(RunConfig(strategy=cls.name, fedtree=FedTreeConfig(warmup_rounds=2, distance_on="B", metric="euclidean")), SCHEMA)
         warm_up(odd)
         join_late(odd, "odd", unlike())
         assert odd.placements["odd"].layers[deep].new_branch, cls.name
@@ -261,7 +261,7 @@ def test_head_group_keeps_its_name_when_a_joiner_is_placed() -> None:
 
 def test_placements_and_kept_uploads_survive_a_restart(tmp_path: Path) -> None:
     spill = tmp_path / "spill"
-    cfg = FedTreeConfig(warmup_rounds=2, distance_on="B")
+    cfg = FedTreeConfig(warmup_rounds=2, distance_on="B", metric="euclidean")
     s = FedTree(RunConfig(strategy="fedtree", fedtree=cfg), SCHEMA, spill)
     warm_up(s)
     assert not spill.exists() and len(list((tmp_path / MEMBERS_DIR / "round-00002").iterdir())) == len(WORKERS)

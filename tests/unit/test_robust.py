@@ -124,7 +124,7 @@ def test_fedit_median_ignores_the_attacker_and_mean_does_not() -> None:
 def test_fedtree_reduces_robustly_inside_each_cluster() -> None:
     run = RunConfig(
         strategy="fedtree",
-        fedtree=FedTreeConfig(warmup_rounds=1, fixed_k=2),
+        fedtree=FedTreeConfig(warmup_rounds=1, fixed_k=2, metric="euclidean"),
         robust=RobustConfig(method="trimmed_mean", trim_fraction=0.25),
     )
     s = FedTree(run, SCHEMA)

@@ -72,7 +72,7 @@ def test_export_gives_a_whole_adapter_or_says_to_export_from_the_worker() -> Non
 
 
 def test_fedtree_export_mixes_with_the_reported_lambdas_and_refuses_a_personal_expert() -> None:
-    run = {"fedtree": FedTreeConfig(warmup_rounds=1, fixed_k=2)}
+    run = {"fedtree": FedTreeConfig(warmup_rounds=1, fixed_k=2, metric="euclidean")}
     s = make("fedtree", **run)
     sign = {"w0": 1.0, "w1": 1.0, "w2": -1.0, "w3": -1.0}
     updates = {w: {n: t * sign[w] for n, t in honest(i).items()} for i, w in enumerate(sign)}
@@ -82,7 +82,7 @@ def test_fedtree_export_mixes_with_the_reported_lambdas_and_refuses_a_personal_e
     cluster_b = (updates["w0"][B] + updates["w1"][B]) / 2
     torch.testing.assert_close(adapter.layers[0][B][:, :2], 0.25 * cluster_b)
     torch.testing.assert_close(adapter.layers[1][B][:, :2], 0.75 * cluster_b)
-    personal = make("fedtree", fedtree=FedTreeConfig(warmup_rounds=1, fixed_k=2, personal=True))
+    personal = make("fedtree", fedtree=FedTreeConfig(warmup_rounds=1, fixed_k=2, personal=True, metric="euclidean"))
     push_round(personal, 1, updates)
     with pytest.raises(FailedPrecondition, match="personal expert"):
         personal.personalised("w0", 2, {})
