@@ -25,7 +25,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -48,9 +47,9 @@ from bench.accuracy_presets import (  # noqa: E402
 )
 from bench.accuracy_report import fmt_pct, plot, summarise, tables, write_report  # noqa: E402
 from bench.generation import PeakRss, write_federation  # noqa: E402
-from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from bench.simulation import loopback_worker, run_workers, start_coordinator  # noqa: E402
+from common.config import DataConfig, RunConfig  # noqa: E402
 from common.exit_codes import ExitCode  # noqa: E402
-from coordinator.server import Coordinator  # noqa: E402
 from worker.data.partition import partition_federation, write_partitions  # noqa: E402
 from worker.runner import Worker  # noqa: E402
 
@@ -97,32 +96,14 @@ def run_one(method: str, seed: int, preset: Preset, fed: Federation, workdir: Pa
             },
         }
     )
-    cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=where / "state", run=run, long_poll_s=1.0, insecure=True)
-    coordinator = Coordinator(cfg)
-    port = coordinator.start()
+    coordinator, port = start_coordinator(run, where / "state")
     start = time.monotonic()
     workers = [
-        Worker(
-            WorkerConfig(
-                worker_id=client,
-                coordinator=f"127.0.0.1:{port}",
-                data=DataConfig(dir=data_dir / client),
-                output_dir=where / "workers" / client,
-                progress=False,
-                heartbeat_s=5.0,
-                insecure=True,
-                local_eval=False,
-            )
-        )
+        Worker(loopback_worker(client, port, DataConfig(dir=data_dir / client), where / "workers" / client, local_eval=False))
         for client in client_task
     ]
-    codes: dict[str, int] = {}
-    threads = [threading.Thread(target=lambda w=w: codes.__setitem__(w.config.worker_id, w.run_forever())) for w in workers]
     with PeakRss() as rss:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        codes = run_workers(workers)
     seconds = time.monotonic() - start
     try:
         bad = {w: c for w, c in codes.items() if c != ExitCode.OK}

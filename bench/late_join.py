@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_block  # noqa: E402
-from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from bench.simulation import loopback_worker, start_coordinator, start_worker  # noqa: E402
+from common.config import DataConfig, RunConfig  # noqa: E402
 from worker.data.planted import PlantedClient, planted_federation, write_planted_dirs  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -102,7 +103,6 @@ def run_late_federation(
     """One fedtree run; `late` clients join after the tree is built (`condition` place or mean) or
     are there from the start (present)."""
     from common.exit_codes import ExitCode
-    from coordinator.server import Coordinator
     from worker.runner import Worker
 
     if condition not in CONDITIONS:
@@ -131,29 +131,15 @@ def run_late_federation(
             },
         }
     )
-    cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=root / "state", run=run, long_poll_s=1.0, insecure=True)
-    coordinator = Coordinator(cfg)
-    port = coordinator.start()
+    coordinator, port = start_coordinator(run, root / "state")
     engine = coordinator.engine
     codes: dict[str, int] = {}
 
     def start(client_id: str) -> threading.Thread:
-        worker = Worker(
-            WorkerConfig(
-                worker_id=client_id,
-                coordinator=f"127.0.0.1:{port}",
-                model_path=model_path,
-                data=data[client_id],
-                output_dir=root / "workers" / client_id,
-                progress=False,
-                heartbeat_s=5.0,
-                local_eval=False,
-                insecure=True,
-            )
+        cfg = loopback_worker(
+            client_id, port, data[client_id], root / "workers" / client_id, model_path=model_path, local_eval=False
         )
-        thread = threading.Thread(target=lambda: codes.__setitem__(client_id, worker.run_forever()), name=client_id)
-        thread.start()
-        return thread
+        return start_worker(Worker(cfg), codes)
 
     began = time.monotonic()
     try:
@@ -176,7 +162,7 @@ def run_late_federation(
     finally:
         coordinator.stop(grace=0.5)
     accuracy = {r: {w: m["accuracy"] for w, m in per.items() if "accuracy" in m} for r, per in evaluations.items()}
-    return LateOutcome(condition, settings.seed, list(late), meta, accuracy, time.monotonic() - began, cfg.state_dir)
+    return LateOutcome(condition, settings.seed, list(late), meta, accuracy, time.monotonic() - began, root / "state")
 
 
 def _wait(condition: Any, timeout: float = 3600.0) -> None:

@@ -21,7 +21,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from bench.simulation import loopback_worker, run_workers, start_coordinator  # noqa: E402
+from common.config import DataConfig, RunConfig, WorkerConfig  # noqa: E402
 from common.exit_codes import ExitCode  # noqa: E402
 from common.schema import UploadSpec  # noqa: E402
-from coordinator.server import Coordinator  # noqa: E402
 from worker.client import Pulled  # noqa: E402
 from worker.data.partition import partition_federation, write_partitions  # noqa: E402
 from worker.runner import Worker  # noqa: E402
@@ -106,29 +105,13 @@ def run_case(case: Case, size: Size, workdir: Path, seed: int) -> dict[int, dict
             "robust": {"method": case.method, "trim_fraction": 0.125},
         }
     )
-    coordinator = Coordinator(
-        CoordinatorConfig(host="127.0.0.1", port=0, state_dir=base / "state", run=run, long_poll_s=1.0, insecure=True)
-    )
-    port = coordinator.start()
+    coordinator, port = start_coordinator(run, base / "state")
     workers: list[Worker] = []
     for p in parts:
-        cfg = WorkerConfig(
-            worker_id=p.client_id,
-            coordinator=f"127.0.0.1:{port}",
-            data=DataConfig(dir=base / "data" / p.client_id),
-            output_dir=base / "workers" / p.client_id,
-            progress=False,
-            heartbeat_s=5.0,
-            insecure=True,
-        )
+        cfg = loopback_worker(p.client_id, port, DataConfig(dir=base / "data" / p.client_id), base / "workers" / p.client_id)
         attacks = case.attack is not None and p.client_id == ATTACKER
         workers.append(Attacker(cfg, case.attack) if attacks and case.attack is not None else Worker(cfg))
-    codes: dict[str, int] = {}
-    threads = [threading.Thread(target=lambda w=w: codes.__setitem__(w.config.worker_id, w.run_forever())) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    codes = run_workers(workers)
     try:
         if any(c != ExitCode.OK for c in codes.values()):
             raise RuntimeError(f"{case.name}: workers failed {codes}")

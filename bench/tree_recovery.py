@@ -39,7 +39,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_block  # noqa: E402
+from bench.simulation import loopback_worker, run_workers, start_coordinator  # noqa: E402
 from bench.tree_recovery_analysis import (  # noqa: E402
     DEFAULT_VARIANT,
     Federation,
@@ -59,7 +59,7 @@ from bench.tree_recovery_analysis import (  # noqa: E402
     goal_misses,
     tables,
 )
-from common.config import CoordinatorConfig, DataConfig, RunConfig, WorkerConfig  # noqa: E402
+from common.config import DataConfig, RunConfig  # noqa: E402
 from worker.data.planted import (  # noqa: E402
     focus_share,
     index_keyed,
@@ -102,7 +102,6 @@ def run_federation(
 ) -> RunOutcome:
     """One fedtree run of `fed` through the real coordinator and real workers; returns its tree and dirs."""
     from common.exit_codes import ExitCode
-    from coordinator.server import Coordinator
     from worker.runner import Worker
 
     clients = planted_federation(
@@ -143,32 +142,11 @@ def run_federation(
             "fedtree": {"warmup_rounds": settings.warmup_rounds},
         }
     )
-    cfg = CoordinatorConfig(host="127.0.0.1", port=0, state_dir=root / "state", run=run, long_poll_s=1.0, insecure=True)
-    coordinator = Coordinator(cfg)
-    port = coordinator.start()
+    coordinator, port = start_coordinator(run, root / "state")
     start = time.monotonic()
     try:
-        workers = [
-            Worker(
-                WorkerConfig(
-                    worker_id=client_id,
-                    coordinator=f"127.0.0.1:{port}",
-                    model_path=model_path,
-                    data=data[client_id],
-                    output_dir=root / "workers" / client_id,
-                    progress=False,
-                    heartbeat_s=5.0,
-                    insecure=True,
-                )
-            )
-            for client_id in data
-        ]
-        codes: dict[str, int] = {}
-        threads = [threading.Thread(target=lambda w=w: codes.__setitem__(w.config.worker_id, w.run_forever())) for w in workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        workers = [Worker(loopback_worker(c, port, data[c], root / "workers" / c, model_path=model_path)) for c in data]
+        codes = run_workers(workers)
         bad = {w: c for w, c in codes.items() if c != ExitCode.OK}
         if bad:
             raise RuntimeError(f"{tag}: workers failed {bad}")
