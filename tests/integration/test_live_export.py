@@ -24,8 +24,9 @@ from proto.fedtree.v1 import federation_pb2_grpc as pb_grpc
 
 A, B = "attn.q.lora_A.weight", "attn.q.lora_B.weight"
 WORKERS = ("w0", "w1", "w2", "w3")
-# warmup_rounds 1: round 1 (the last warmup round) builds the tree; rebuild_every 1: round 2 rebuilds it
-FEDTREE = {"warmup_rounds": 1, "rebuild_every": 1, "tau": -1.0}
+# warmup_rounds 1: round 1 (the last warmup round) builds the tree; rebuild_every 1: round 2 rebuilds it;
+# euclidean: the groups are planted in B's sign, which the span distance ignores by design
+FEDTREE = {"warmup_rounds": 1, "rebuild_every": 1, "tau": -1.0, "metric": "euclidean"}
 
 
 def planted(worker: str, round: int) -> dict[int, dict[str, torch.Tensor]]:
