@@ -197,7 +197,12 @@ def test_span_metric_groups_workers_whose_b_writes_into_the_same_directions() ->
     w2 and w3 along two others: euclidean on B pairs each worker with the other task's worker of
     its sign, the span distance pairs the tasks."""
     e = torch.eye(4)
-    task = {"w0": e[:, :2], "w1": -e[:, :2] * torch.tensor([2.0, 0.5]), "w2": e[:, 2:], "w3": -e[:, 2:] * torch.tensor([0.5, 2.0])}
+    task = {
+        "w0": e[:, :2],
+        "w1": -e[:, :2] * torch.tensor([2.0, 0.5]),
+        "w2": e[:, 2:],
+        "w3": -e[:, 2:] * torch.tensor([0.5, 2.0]),
+    }
 
     def update(worker: str) -> dict[int, dict[str, torch.Tensor]]:
         sign = torch.full((4, 2), 0.9 if worker in ("w0", "w2") else -0.9)  # shared by the workers of one sign

@@ -211,7 +211,9 @@ def test_flat_places_once_the_same_cluster_in_every_layer_and_indep_per_layer() 
         if cls is Flat:
             assert len({s.assignment[layer]["late"] for layer in range(LAYERS)}) == 1
         assert all(role == Role.CLUSTER for _, role in by_role(s, "late", 5))
-        odd = cls(RunConfig(strategy=cls.name, fedtree=FedTreeConfig(warmup_rounds=2, distance_on="B", metric="euclidean")), SCHEMA)
+        odd = cls(
+            RunConfig(strategy=cls.name, fedtree=FedTreeConfig(warmup_rounds=2, distance_on="B", metric="euclidean")), SCHEMA
+        )
         warm_up(odd)
         join_late(odd, "odd", unlike())
         assert odd.placements["odd"].layers[deep].new_branch, cls.name
