@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from common.chunking import Role
@@ -31,9 +33,14 @@ def strategy(**knobs: object) -> FedTree:
     return FedTree(RunConfig(strategy="fedtree", fedtree=cfg), SCHEMA)
 
 
-def warm_up(s: FedTree, weights: dict[str, float] | None = None) -> None:
+def warm_up(
+    s: FedTree,
+    weights: dict[str, float] | None = None,
+    update: Callable[[str], dict[int, dict[str, torch.Tensor]]] = planted,
+) -> None:
+    """Every worker's last warmup upload (round 2) is `update(worker)`; the round closes and the tree is built."""
     for worker in WORKERS:
-        s.accumulate(worker, 2, planted(worker), (weights or {}).get(worker, 1.0))
+        s.accumulate(worker, 2, update(worker), (weights or {}).get(worker, 1.0))
     s.close_round(2)
 
 
@@ -186,9 +193,7 @@ def test_distance_on_a_groups_by_the_input_side() -> None:
 
     for factor, expected in (("B", [["w0", "w1"], ["w2", "w3"]]), ("A", [["w0", "w3"], ["w1", "w2"]])):
         s = strategy(distance_on=factor, fixed_k=2)
-        for worker in WORKERS:
-            s.accumulate(worker, 2, with_a(worker), 1.0)
-        s.close_round(2)
+        warm_up(s, update=with_a)
         assert s.clusters()[-1] == expected, factor
 
 
@@ -210,7 +215,5 @@ def test_span_metric_groups_workers_whose_b_writes_into_the_same_directions() ->
 
     for metric, expected in (("euclidean", [["w0", "w2"], ["w1", "w3"]]), ("span", [["w0", "w1"], ["w2", "w3"]])):
         s = strategy(metric=metric, fixed_k=2)
-        for worker in WORKERS:
-            s.accumulate(worker, 2, update(worker), 1.0)
-        s.close_round(2)
+        warm_up(s, update=update)
         assert s.clusters()[-1] == expected, metric
