@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,14 +45,14 @@ import torch
 from common.chunking import Role
 from common.errors import FailedPrecondition
 from common.lora import concat_experts
-from common.schema import UploadSpec, is_lora_a, is_lora_b
+from common.schema import UploadSpec
 from coordinator.kept import MemberUploads, members_dir
 from coordinator.spill import Uploads
 from coordinator.strategies.base import EXPORT_FROM_WORKER, Download, LayerTensors, PersonalAdapter, Strategy, TreeView
-from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts, layer_distances, stack_b
-from coordinator.tree.placement import LayerPlace, Placement, place_layer, place_nested, thresholds
+from coordinator.tree import ClientTree, ClusterSums, build_tree, choose_cuts
+from coordinator.tree.client_distance import client_layer_distances
+from coordinator.tree.placement import LayerPlace, Placement, PlacementMode, choose_places
 from coordinator.tree.render import dendrogram, layer_groups
-from coordinator.tree.spans import span_layer_distances
 
 log = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
@@ -65,7 +65,7 @@ class FedTree(Strategy):
     # How a late joiner is placed: per layer inside its shallower layer's cluster (the tree's
     # nesting), per layer independently (indep), or once on the global distance, the same
     # cluster in every layer (flat).
-    placement: ClassVar[Literal["nested", "per_layer", "global"]] = "nested"
+    placement: ClassVar[PlacementMode] = "nested"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -273,24 +273,9 @@ class FedTree(Strategy):
     def _choose(self, worker: str, members: list[str]) -> list[LayerPlace]:
         """Its place per layer among the members' clusters (coordinator/tree/placement.py; the
         cluster is the one it was measured against where it branches off)."""
-        factor = self.cfg.late_threshold
-        layers = self.all_layers()
-        labels = [np.array([self.assignment[layer][m] for m in members]) for layer in layers]
-        d: list[np.ndarray] = []
-        limits: list[dict[int, float]] = []
-        D_sum = np.zeros((len(members), len(members)))
-        for i, (_, d_l, D_l) in enumerate(self._member_distances(worker, members)):
-            d.append(d_l)
-            if self.placement == "global":
-                D_sum += D_l
-            else:
-                limits.append(thresholds(D_l, labels[i], factor))
-        if self.placement == "global":  # flat: one clustering, placed once on the mean over layers
-            one = place_layer(np.mean(d, axis=0), labels[0], thresholds(D_sum / len(layers), labels[0], factor))
-            return [one] * len(layers)
-        if self.placement == "per_layer":
-            return [place_layer(d_l, labels_l, limit) for d_l, labels_l, limit in zip(d, labels, limits, strict=True)]
-        return place_nested(d, labels, limits)
+        labels = [np.array([self.assignment[layer][m] for m in members]) for layer in self.all_layers()]
+        _, d, D = zip(*self._member_distances(worker, members), strict=True)
+        return choose_places(list(d), list(D), labels, self.cfg.late_threshold, self.placement)
 
     def _place(self, worker: str, round: int) -> None:
         """Place a late joiner from the upload of its last late-warmup round, moving nobody."""
@@ -327,14 +312,7 @@ class FedTree(Strategy):
 
     def _distances(self, layer_of: list[dict[str, torch.Tensor]]) -> np.ndarray:
         """One layer's client distances (N, N) under `fedtree.metric` on `fedtree.distance_on`'s factor."""
-        if self.cfg.metric == "span":
-            return span_layer_distances(layer_of, self._factor, rows=self.cfg.distance_on == "A")
-        return layer_distances(stack_b([{0: t} for t in layer_of], names_filter=self._factor), metric=self.cfg.metric).numpy()[0]
-
-    def _factor(self, name: str) -> bool:
-        """The LoRA factor the client distance compares: B (the paper) or A (`fedtree.distance_on`).
-        Every client starts from the same A, so A_i - A_j is the difference of what they learned."""
-        return is_lora_a(name) if self.cfg.distance_on == "A" else is_lora_b(name)
+        return client_layer_distances(layer_of, self.cfg.metric, self.cfg.distance_on)
 
     def _assign(self, workers: list[str], Dl: np.ndarray) -> list[np.ndarray]:
         """Cluster labels per layer (shallow to deep): the global tree cut per layer."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -145,3 +145,22 @@ def place_nested(d: list[np.ndarray], labels: list[np.ndarray], limits: list[dic
         branched = branched or distance > limit
         out.append(LayerPlace(cluster, cluster, distance, limit, branched))
     return out
+
+
+PlacementMode = Literal["nested", "per_layer", "global"]
+
+
+def choose_places(
+    d: list[np.ndarray], D: list[np.ndarray], labels: list[np.ndarray], factor: float | None, mode: PlacementMode
+) -> list[LayerPlace]:
+    """A joiner's place per layer (shallow to deep), from its distances `d[l]` (N,) to the members,
+    theirs `D[l]` (N, N) and their clusters `labels[l]` (N,): `nested` (the tree's nested cuts,
+    place_nested), `per_layer` (each layer on its own: indep) or `global` (flat: one clustering,
+    placed once on the mean over layers, the same place in every layer)."""
+    if mode == "global":
+        one = place_layer(np.mean(d, axis=0), labels[0], thresholds(np.mean(D, axis=0), labels[0], factor))
+        return [one] * len(d)
+    limits = [thresholds(D_l, labels_l, factor) for D_l, labels_l in zip(D, labels, strict=True)]
+    if mode == "per_layer":
+        return [place_layer(d_l, labels_l, limit) for d_l, labels_l, limit in zip(d, labels, limits, strict=True)]
+    return place_nested(d, labels, limits)
