@@ -20,7 +20,7 @@ from coordinator.strategies.fedtree import FedTree
 from coordinator.strategies.flat import Flat
 from coordinator.strategies.indep import Indep
 from coordinator.tree import build_tree
-from coordinator.tree.placement import Placement, merge_distances, place_layer, place_nested, thresholds
+from coordinator.tree.placement import Placement, choose_places, merge_distances, place_layer, place_nested, thresholds
 from coordinator.tree.render import dendrogram
 
 Update = dict[int, dict[str, torch.Tensor]]
@@ -99,6 +99,22 @@ def test_place_nested_takes_the_path_nearest_over_all_layers_then_branches_where
     # too far already in layer 0: a branch in every deeper layer too
     top = place_nested(d, [shallow, deep], [{0: 0.5, 1: 10.0}, wide[1]])
     assert [p.new_branch for p in top] == [True, True]
+
+
+def test_choose_places_nested_per_layer_and_global() -> None:
+    """The three modes the strategies use: nested = place_nested, per_layer = place_layer in every
+    layer on its own, global = one place on the mean over layers, repeated in every layer."""
+    same = np.array([0, 0, 1, 1])  # {a, b} | {c, d} in both layers
+    d = [np.array([0.2, 0.2, 1.0, 1.0]), np.array([1.0, 1.0, 0.1, 0.1])]  # layer 0 near {a, b}, layer 1 near {c, d}
+    D = [np.array([[0, 0.1, 1, 1], [0.1, 0, 1, 1], [1, 1, 0, 0.1], [1, 1, 0.1, 0]], dtype=float)] * 2
+    per_layer = choose_places(d, D, [same, same], 10.0, "per_layer")
+    assert [p.cluster for p in per_layer] == [0, 1]
+    assert per_layer == [place_layer(d_l, same, thresholds(D_l, same, 10.0)) for d_l, D_l in zip(d, D, strict=True)]
+    nested = choose_places(d, D, [same, same], 10.0, "nested")
+    assert nested == place_nested(d, [same, same], [thresholds(D_l, same, 10.0) for D_l in D])
+    one = choose_places(d, D, [same, same], 10.0, "global")  # mean: {a, b} 0.6, {c, d} 0.55
+    assert [p.cluster for p in one] == [1, 1] and one[0].distance == pytest.approx(0.55)
+    assert choose_places(d, D, [same, same], 0.1, "global")[0].new_branch  # farther than 0.1 x its merge distance
 
 
 # -- the strategy ---------------------------------------------------------------------------------

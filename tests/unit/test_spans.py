@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from coordinator.tree import build_tree
+from coordinator.tree.client_distance import client_layer_distances
 from coordinator.tree.spans import span_basis, span_layer_distances
 
 D_OUT, R = 48, 4
@@ -93,3 +94,18 @@ def test_mismatched_clients_are_refused() -> None:
         span_layer_distances([a, {"k.lora_B": torch.randn(D_OUT, R)}], _is_b, rows=False)
     with pytest.raises(ValueError, match="filter"):
         span_layer_distances([a], lambda n: False, rows=False)
+
+
+def test_client_layer_distances_compares_the_named_factor_under_the_named_metric() -> None:
+    """span on B pairs the clients whose B columns span the same directions whatever their signs;
+    euclidean on B pairs them by sign; distance_on A looks at A only."""
+    e = torch.eye(4)
+    b = [e[:, :1], -3 * e[:, :1], e[:, 1:2], -3 * e[:, 1:2]]
+    a = [torch.full((1, 4), v) for v in (0.0, 5.0, 0.0, 5.0)]
+    layer_of = [{"q.lora_A.weight": a_i, "q.lora_B.weight": b_i} for a_i, b_i in zip(a, b, strict=True)]
+    span = client_layer_distances(layer_of, "span", "B")
+    assert span[0, 1] == pytest.approx(0.0) and span[0, 2] == pytest.approx(1.0)
+    euclid = client_layer_distances(layer_of, "euclidean", "B")
+    assert euclid[0, 1] > euclid[0, 2]  # -3 e0 is farther from e0 than e1 is
+    on_a = client_layer_distances(layer_of, "euclidean", "A")
+    assert on_a[0, 2] == pytest.approx(0.0) and on_a[0, 1] == pytest.approx(10.0)
