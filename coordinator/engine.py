@@ -76,13 +76,7 @@ class RoundEngine:
         counters = store.get("worker_counters") or {}
         for worker_id, n in store.workers().items():
             info = WorkerInfo(worker_id, n, last_seen=0.0, activity="lost")
-            saved = counters.get(worker_id, {})
-            info.address = str(saved.get("address", ""))
-            info.rounds_done, info.bytes_sent, info.bytes_received = (
-                int(saved.get(k, 0)) for k in ("rounds_done", "bytes_sent", "bytes_received")
-            )
-            info.last_metrics = {k: float(v) for k, v in (saved.get("last_metrics") or {}).items()}
-            info.round_s = float(saved.get("round_s", 0.0))
+            info.restore_counters(counters.get(worker_id, {}))
             self.workers[worker_id] = info
         self.done = self.last_closed >= self.run.rounds and bool(store.get("evaluated"))
         self.paused = bool(store.get("paused"))
@@ -260,19 +254,7 @@ class RoundEngine:
         )
 
     def _counters(self) -> dict[str, dict[str, object]]:
-        """What the admin shows of each worker beyond its liveness, persisted with every closed
-        round so that a restarted coordinator shows it too (as of that round)."""
-        return {
-            w: {
-                "address": i.address,
-                "rounds_done": i.rounds_done,
-                "bytes_sent": i.bytes_sent,
-                "bytes_received": i.bytes_received,
-                "last_metrics": i.last_metrics,
-                "round_s": i.round_s,
-            }
-            for w, i in self.workers.items()
-        }
+        return {w: info.counters() for w, info in self.workers.items()}
 
     def _close(self, cur: RoundInfo) -> None:
         assert self.strategy is not None
@@ -377,7 +359,7 @@ class RoundEngine:
             info.bytes_received += nbytes
             info.last_metrics = dict(header.metrics)
             info.activity = "idle"
-            left = self._remaining_s(cur)
+            left = cur.time_left(self.workers, self.clock())
             log.info(
                 "[Engine.PushUpdate] round=%d worker=%s layers=%d bytes=%d (%d/%d pushed%s)",
                 header.round,
@@ -454,16 +436,8 @@ class RoundEngine:
                 workers=tuple(replace(info, last_metrics=dict(info.last_metrics)) for _, info in sorted(self.workers.items())),
                 current=None if cur is None else replace(cur, participants=dict(cur.participants), pushed=dict(cur.pushed)),
                 tree=self.strategy.tree_view() if self.strategy is not None else None,
-                remaining_s=self._remaining_s(cur) if cur is not None else None,
+                remaining_s=cur.time_left(self.workers, self.clock()) if cur is not None else None,
             )
-
-    def _remaining_s(self, cur: RoundInfo) -> float | None:
-        """The open round's time left, estimated from the workers it still waits for: each took
-        `round_s` from opening to push in its last round; None until they all have such a time."""
-        waiting = [self.workers[w].round_s for w in cur.participants if w not in cur.pushed and w in self.workers]
-        if not waiting or min(waiting) <= 0:
-            return None
-        return max(0.0, max(waiting) - (self.clock() - cur.started_at))
 
     def personalised(self, worker_id: str, metrics: Mapping[str, float]) -> PersonalAdapter:
         """The adapter `worker_id` uses after the last closed round, as far as the coordinator can

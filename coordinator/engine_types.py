@@ -3,7 +3,9 @@ round, a push's admission ticket and the consistent snapshot the admin views rea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.config import RunConfig
 from common.schema import Schema, UploadSpec
@@ -29,6 +31,26 @@ class WorkerInfo:
     last_metrics: dict[str, float] = field(default_factory=dict)
     round_s: float = 0.0  # how long its last push took from its round's opening: the round-time estimate
 
+    def counters(self) -> dict[str, Any]:
+        """What the admin shows of it beyond its liveness, persisted with every closed round so that
+        a restarted coordinator shows it too, as of that round (`restore_counters` reads it back)."""
+        return {
+            "address": self.address,
+            "rounds_done": self.rounds_done,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "last_metrics": self.last_metrics,
+            "round_s": self.round_s,
+        }
+
+    def restore_counters(self, saved: Mapping[str, Any]) -> None:
+        self.address = str(saved.get("address", ""))
+        self.rounds_done, self.bytes_sent, self.bytes_received = (
+            int(saved.get(k, 0)) for k in ("rounds_done", "bytes_sent", "bytes_received")
+        )
+        self.last_metrics = {k: float(v) for k, v in (saved.get("last_metrics") or {}).items()}
+        self.round_s = float(saved.get("round_s", 0.0))
+
 
 @dataclass
 class RoundInfo:
@@ -38,6 +60,14 @@ class RoundInfo:
     participants: dict[str, int]  # worker -> example count
     pushed: dict[str, str] = field(default_factory=dict)  # worker -> upload id
     evaluating: bool = False  # the final evaluation pass after the last round
+
+    def time_left(self, workers: Mapping[str, WorkerInfo], now: float) -> float | None:
+        """Estimated from the workers it still waits for: each took `round_s` from opening to push
+        in its last round; None until they all have such a time."""
+        waiting = [workers[w].round_s for w in self.participants if w not in self.pushed and w in workers]
+        if not waiting or min(waiting) <= 0:
+            return None
+        return max(0.0, max(waiting) - (now - self.started_at))
 
 
 @dataclass(frozen=True)
